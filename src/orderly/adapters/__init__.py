@@ -1,0 +1,1 @@
+"""Implementations of the service ports: database, auth, and later transports and gateways."""

@@ -1,0 +1,1 @@
+"""SQLAlchemy adapters shared by SQLite (default) and PostgreSQL."""

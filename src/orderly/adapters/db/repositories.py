@@ -1,0 +1,342 @@
+"""Write-side repositories and the unit of work, bound to one connection and transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from orderly.adapters.db.tables import (
+    idempotency_keys,
+    order_events,
+    order_lines,
+    orders,
+    outbox_messages,
+    products,
+    stock,
+    warehouses,
+)
+from orderly.domain.catalogue import Product, StockLevel
+from orderly.domain.events import Message
+from orderly.domain.money import Money
+from orderly.domain.orders import PlacedOrder
+from orderly.services.idempotency_types import (
+    Claimed,
+    ClaimResult,
+    Existing,
+    IdempotencyScope,
+    InFlight,
+    KeyRecord,
+    StoredResponse,
+)
+from orderly.services.ports import StockChange, StorageUnavailable
+
+
+def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+class SqlProductRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def by_skus(self, skus: Collection[str]) -> dict[str, Product]:
+        rows = await self._conn.execute(
+            sa.select(products.c.sku, products.c.name, products.c.price_minor, products.c.currency)
+            .where(products.c.sku.in_(list(skus)))
+            .where(products.c.active)
+        )
+        return {
+            r.sku: Product(sku=r.sku, name=r.name, price=Money(r.price_minor, r.currency))
+            for r in rows
+        }
+
+    async def exists(self, sku: str) -> bool:
+        found = await self._conn.scalar(sa.select(products.c.sku).where(products.c.sku == sku))
+        return found is not None
+
+
+class SqlOrderRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, placed: PlacedOrder) -> None:
+        order, event = placed.order, placed.event
+        await self._conn.execute(
+            orders.insert().values(
+                id=order.id,
+                customer_id=order.customer_id,
+                status=order.status.value,
+                currency=order.total.currency,
+                total_minor=order.total.amount,
+                payment_method=order.payment_method,
+                shipping_address=(
+                    order.shipping_address.as_dict() if order.shipping_address else None
+                ),
+                version=order.version,
+                created_at=order.created_at,
+                updated_at=order.updated_at,
+            )
+        )
+        await self._conn.execute(
+            order_lines.insert(),
+            [
+                {
+                    "order_id": order.id,
+                    "line_no": line.line_no,
+                    "sku": line.sku,
+                    "name": line.name,
+                    "quantity": line.quantity,
+                    "unit_price_minor": line.unit_price.amount,
+                }
+                for line in order.lines
+            ],
+        )
+        await self._conn.execute(
+            order_events.insert().values(
+                order_id=event.order_id,
+                version=event.version,
+                type=event.type,
+                data=event.data,
+                occurred_at=event.occurred_at,
+                correlation_id=event.correlation_id,
+                causation_id=event.causation_id,
+            )
+        )
+
+
+class SqlOutbox:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, message: Message) -> None:
+        await self._conn.execute(
+            outbox_messages.insert().values(
+                message_id=message.id,
+                type=message.type,
+                key=message.key,
+                payload=message.payload,
+                headers=message.headers,
+                correlation_id=message.correlation_id,
+                causation_id=message.causation_id,
+                created_at=message.created_at,
+                available_at=message.created_at,
+            )
+        )
+
+
+def _advisory_lock_id(scope: IdempotencyScope) -> int:
+    digest = hashlib.sha256(
+        "\x1f".join((scope.user_id, scope.method, scope.route, scope.key)).encode()
+    ).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _scope_clause(scope: IdempotencyScope) -> sa.ColumnElement[bool]:
+    c = idempotency_keys.c
+    return sa.and_(
+        c.user_id == scope.user_id,
+        c.method == scope.method,
+        c.route == scope.route,
+        c.key == scope.key,
+    )
+
+
+class SqlIdempotencyStore:
+    """Claims keys inside the caller's transaction.
+
+    PostgreSQL: the insert only happens under ``pg_try_advisory_xact_lock`` on the scope, so a
+    concurrent request for an uncommitted key sees "in flight" at once instead of blocking on the
+    unique index. SQLite has one writer at a time (BEGIN IMMEDIATE), so a second request waits
+    for the first to commit and then finds its stored response.
+    """
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._claimed_id: int | None = None
+
+    async def claim(
+        self, scope: IdempotencyScope, fingerprint: str, now: datetime, expires_at: datetime
+    ) -> ClaimResult:
+        c = idempotency_keys.c
+        values: dict[str, Any] = {
+            "user_id": scope.user_id,
+            "method": scope.method,
+            "route": scope.route,
+            "key": scope.key,
+            "fingerprint": fingerprint,
+            "created_at": now,
+            "expires_at": expires_at,
+        }
+        insert = dialect_insert(self._conn, idempotency_keys)
+        if self._conn.dialect.name == "postgresql":
+            source = sa.select(
+                *[sa.literal(v, type_=c[k].type).label(k) for k, v in values.items()]
+            ).where(sa.func.pg_try_advisory_xact_lock(_advisory_lock_id(scope)))
+            insert = insert.from_select(list(values), source)
+        else:
+            insert = insert.values(**values)
+        reclaim_expired = {
+            "fingerprint": insert.excluded.fingerprint,
+            "created_at": insert.excluded.created_at,
+            "expires_at": insert.excluded.expires_at,
+            "response_status": None,
+            "response_headers": None,
+            "response_body": None,
+            "resource_id": None,
+            "resource_status": None,
+        }
+        statement = insert.on_conflict_do_update(
+            index_elements=[c.user_id, c.method, c.route, c.key],
+            set_=reclaim_expired,
+            where=c.expires_at <= insert.excluded.created_at,
+        ).returning(c.id)
+        claimed = (await self._conn.execute(statement)).scalar_one_or_none()
+        if claimed is not None:
+            self._claimed_id = claimed
+            return Claimed()
+        row = (
+            await self._conn.execute(sa.select(idempotency_keys).where(_scope_clause(scope)))
+        ).one_or_none()
+        if row is None:
+            return InFlight()
+        response = None
+        if row.response_status is not None:
+            response = StoredResponse(
+                status_code=row.response_status,
+                headers=tuple((k, v) for k, v in row.response_headers),
+                body=row.response_body,
+            )
+        return Existing(
+            KeyRecord(
+                fingerprint=row.fingerprint,
+                response=response,
+                expires_at=row.expires_at,
+                resource_id=row.resource_id,
+                resource_status=row.resource_status,
+            )
+        )
+
+    async def complete(
+        self,
+        scope: IdempotencyScope,
+        response: StoredResponse,
+        resource_id: str | None,
+        resource_status: str | None,
+    ) -> None:
+        if self._claimed_id is None:
+            raise RuntimeError("complete() without a successful claim()")
+        await self._conn.execute(
+            idempotency_keys.update()
+            .where(idempotency_keys.c.id == self._claimed_id)
+            .values(
+                response_status=response.status_code,
+                response_headers=[list(h) for h in response.headers],
+                response_body=response.body,
+                resource_id=resource_id,
+                resource_status=resource_status,
+            )
+        )
+
+    async def purge_expired(self, now: datetime, limit: int) -> int:
+        c = idempotency_keys.c
+        doomed = sa.select(c.id).where(c.expires_at <= now).limit(limit).scalar_subquery()
+        result = await self._conn.execute(idempotency_keys.delete().where(c.id.in_(doomed)))
+        return int(result.rowcount)
+
+
+class SqlInventoryRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def levels(self, sku: str) -> list[StockLevel]:
+        rows = await self._conn.execute(
+            sa.select(stock).where(stock.c.sku == sku).order_by(stock.c.warehouse_id)
+        )
+        return [StockLevel(r.sku, r.warehouse_id, r.on_hand, r.reserved) for r in rows]
+
+    async def warehouse_exists(self, warehouse_id: str) -> bool:
+        found = await self._conn.scalar(
+            sa.select(warehouses.c.id).where(warehouses.c.id == warehouse_id)
+        )
+        return found is not None
+
+    async def set_on_hand(self, change: StockChange) -> StockLevel | None:
+        insert = dialect_insert(self._conn, stock).values(
+            sku=change.sku, warehouse_id=change.warehouse_id, on_hand=change.on_hand, reserved=0
+        )
+        statement = insert.on_conflict_do_update(
+            index_elements=[stock.c.sku, stock.c.warehouse_id],
+            set_={"on_hand": insert.excluded.on_hand},
+            where=stock.c.reserved <= insert.excluded.on_hand,
+        ).returning(stock.c.sku, stock.c.warehouse_id, stock.c.on_hand, stock.c.reserved)
+        row = (await self._conn.execute(statement)).one_or_none()
+        if row is None:
+            return None
+        return StockLevel(row.sku, row.warehouse_id, row.on_hand, row.reserved)
+
+
+class SqlUnitOfWork:
+    """One connection, one transaction; rolled back on exit unless committed."""
+
+    products: SqlProductRepository
+    orders: SqlOrderRepository
+    outbox: SqlOutbox
+    idempotency: SqlIdempotencyStore
+    inventory: SqlInventoryRepository
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            conn = await self._engine.connect()
+        except (OperationalError, InterfaceError, OSError) as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        try:
+            await conn.begin()
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, OperationalError | InterfaceError):
+                raise StorageUnavailable(str(exc.orig)) from exc
+            raise
+        self._conn = conn
+        self.products = SqlProductRepository(conn)
+        self.orders = SqlOrderRepository(conn)
+        self.outbox = SqlOutbox(conn)
+        self.idempotency = SqlIdempotencyStore(conn)
+        self.inventory = SqlInventoryRepository(conn)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if conn.in_transaction():
+                await conn.rollback()
+        finally:
+            await conn.close()
+        if isinstance(exc, OperationalError | InterfaceError):
+            raise StorageUnavailable(str(exc.orig)) from exc
+
+    async def commit(self) -> None:
+        if self._conn is None:
+            raise RuntimeError("commit() outside the unit of work")
+        await self._conn.commit()

@@ -1,0 +1,49 @@
+"""Settings: one object, read from ORDERLY_* environment variables (and a .env file)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "orderly-dev-secret-do-not-use-in-production"  # noqa: S105
+
+
+class InsecureSettings(ValueError):
+    """A setting that is only acceptable in dev or test was used elsewhere."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERLY_", env_file=".env", extra="ignore")
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    database_url: str = "sqlite+aiosqlite:///./orderly.db"
+    broker_url: str = "local://"
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_issuer: str = "orderly"
+    jwt_ttl_seconds: int = Field(default=12 * 3600, ge=60)
+
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    idempotency_purge_interval_seconds: float = Field(default=300, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "info"
+    log_json: bool = False
+
+    @model_validator(mode="after")
+    def _refuse_dev_secret_in_prod(self) -> Settings:
+        if self.env == "prod" and (self.jwt_secret == DEV_JWT_SECRET or len(self.jwt_secret) < 32):
+            raise InsecureSettings(
+                "ORDERLY_JWT_SECRET must be set to a secret of at least 32 characters "
+                "when ORDERLY_ENV=prod"
+            )
+        return self
+
+    @property
+    def dev_login_enabled(self) -> bool:
+        return self.env in ("dev", "test")

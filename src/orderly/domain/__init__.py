@@ -1,0 +1,1 @@
+"""The pure domain: orders, money, catalogue and events. Standard library only, no I/O."""

@@ -1,0 +1,1 @@
+"""Thin entrypoints: HTTP API and CLI. Parse, call a service, map the result."""

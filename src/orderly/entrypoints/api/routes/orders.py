@@ -1,0 +1,199 @@
+"""Orders: idempotent intake and reads."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response
+
+from orderly.domain.orders import LineRequest, OrderStatus, PlacedOrder, ShippingAddress
+from orderly.entrypoints.api.deps import ContainerDep, PrincipalDep
+from orderly.entrypoints.api.problems import ProblemError, problem_responses
+from orderly.entrypoints.api.schemas import (
+    EventOut,
+    OrderAccepted,
+    OrderOut,
+    OrderPage,
+    PlaceOrderIn,
+)
+from orderly.services import idempotency
+from orderly.services.idempotency import ActionResult
+from orderly.services.idempotency_types import IdempotencyScope, StoredResponse
+from orderly.services.orders import PlaceOrder, handle_place_order
+from orderly.services.ports import JSON, UnitOfWork
+
+router = APIRouter(prefix="/api/orders", tags=["orders"])
+
+ORDERS_ROUTE = "/api/orders"
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description=(
+            "Unique key for this request (a UUID v4 is ideal), 1-255 printable ASCII characters, "
+            'bare or as a quoted structured-field string ("..."). Reuse it for every retry of '
+            "the same request; keys expire after 24 hours."
+        ),
+    ),
+]
+
+
+def _accepted_body(placed: PlacedOrder) -> bytes:
+    order = placed.order
+    return orjson.dumps(
+        {
+            "orderId": order.id,
+            "jobId": placed.message.id,
+            "status": order.status.value,
+            "totalAmount": order.total.amount,
+            "currency": order.total.currency,
+            "items": [
+                {
+                    "sku": line.sku,
+                    "name": line.name,
+                    "quantity": line.quantity,
+                    "unitPrice": line.unit_price.amount,
+                    "lineTotal": line.total.amount,
+                }
+                for line in order.lines
+            ],
+        }
+    )
+
+
+def _command(body: PlaceOrderIn, customer_id: str) -> PlaceOrder:
+    address = body.shipping_address
+    return PlaceOrder(
+        customer_id=customer_id,
+        lines=tuple(LineRequest(sku, qty) for sku, qty in body.lines()),
+        payment_method=body.payment_method,
+        shipping_address=(
+            ShippingAddress(
+                country=address.country,
+                city=address.city,
+                line1=address.line1,
+                line2=address.line2,
+                postal_code=address.postal_code,
+            )
+            if address
+            else None
+        ),
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Place an order (idempotent)",
+    response_model=OrderAccepted,
+    responses={
+        202: {
+            "description": "Accepted; processing continues in the background. A replay of a "
+            "finished request carries `Idempotent-Replayed: true` and the first body.",
+            "headers": {
+                "Location": {"schema": {"type": "string"}},
+                "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}},
+            },
+        },
+        **problem_responses(400, 401, 403, 409, 413, 422, 503),
+    },
+)
+async def place_order(
+    request: Request,
+    body: PlaceOrderIn,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    key = idempotency.parse_key(idempotency_key)
+    if body.user_id is not None and body.user_id != principal.user_id:
+        raise ProblemError(403, "forbidden", "userId must be the id of the calling user")
+    command = _command(body, principal.user_id)
+    scope = IdempotencyScope(principal.user_id, "POST", ORDERS_ROUTE, key)
+    body_fingerprint = idempotency.fingerprint(orjson.loads(await request.body()))
+
+    async def action(uow: UnitOfWork) -> ActionResult:
+        placed = await handle_place_order(uow, command, clock=container.clock, ids=container.ids)
+        response = StoredResponse(
+            status_code=202,
+            headers=(
+                ("content-type", "application/json"),
+                ("location", f"{ORDERS_ROUTE}/{placed.order.id}"),
+            ),
+            body=_accepted_body(placed),
+        )
+        return ActionResult(response, placed.order.id, placed.order.status.value)
+
+    outcome = await idempotency.execute(
+        container.uow,
+        scope,
+        body_fingerprint,
+        action,
+        clock=container.clock,
+        ttl=container.idempotency_ttl,
+    )
+    stored = outcome.response
+    headers = dict(stored.headers)
+    if outcome.replayed:
+        headers["idempotent-replayed"] = "true"
+    return Response(stored.body, status_code=stored.status_code, headers=headers)
+
+
+async def _visible_order(container: ContainerDep, principal: PrincipalDep, order_id: str) -> JSON:
+    order = await container.views.order(order_id)
+    if order is None or (not principal.is_admin and order["customerId"] != principal.user_id):
+        raise ProblemError(404, "not-found", f"no order {order_id}")
+    return order
+
+
+@router.get(
+    "/{order_id}",
+    response_model=OrderOut,
+    summary="An order's current state",
+    responses=problem_responses(401, 404, 503),
+)
+async def get_order(order_id: str, container: ContainerDep, principal: PrincipalDep) -> JSON:
+    return await _visible_order(container, principal, order_id)
+
+
+@router.get(
+    "/{order_id}/events",
+    response_model=list[EventOut],
+    summary="An order's event history, oldest first",
+    responses=problem_responses(401, 404, 503),
+)
+async def get_order_events(
+    order_id: str, container: ContainerDep, principal: PrincipalDep
+) -> list[JSON]:
+    await _visible_order(container, principal, order_id)
+    return await container.views.events(order_id)
+
+
+@router.get(
+    "",
+    response_model=OrderPage,
+    summary="Orders, newest first (customers see their own; admins all)",
+    responses=problem_responses(401, 403, 422, 503),
+)
+async def list_orders(
+    container: ContainerDep,
+    principal: PrincipalDep,
+    status: OrderStatus | None = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    size: Annotated[int, Query(ge=1, le=100)] = 20,
+    customer_id: Annotated[str | None, Query(alias="customerId", max_length=128)] = None,
+) -> JSON:
+    if not principal.is_admin:
+        if customer_id is not None and customer_id != principal.user_id:
+            raise ProblemError(403, "forbidden", "customers may only list their own orders")
+        customer_id = principal.user_id
+    result = await container.views.orders(
+        customer_id=customer_id,
+        status=status.value if status else None,
+        page=page,
+        size=size,
+    )
+    return {"items": result.items, "page": result.page, "size": result.size, "total": result.total}

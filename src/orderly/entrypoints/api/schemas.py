@@ -1,0 +1,180 @@
+"""Request and response bodies of the HTTP API (camelCase on the wire)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.alias_generators import to_camel
+
+from orderly.domain.orders import MAX_LINES, MAX_QUANTITY, OrderStatus
+
+Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class OrderItemIn(ApiModel):
+    sku: Sku
+    quantity: Quantity
+
+
+class AddressIn(ApiModel):
+    country: Annotated[str, StringConstraints(min_length=2, max_length=56, strip_whitespace=True)]
+    city: Text
+    line1: Text
+    line2: Annotated[str, StringConstraints(max_length=200)] | None = None
+    postal_code: Annotated[str, StringConstraints(min_length=1, max_length=20)]
+
+
+class PlaceOrderIn(ApiModel):
+    """Either ``items`` (with shipping address and payment method) or seed 000's single-item
+    form ``{productId, quantity, userId}``; ``userId``, when given, must be the caller."""
+
+    items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=MAX_LINES)] | None = None
+    payment_method: Annotated[str, StringConstraints(min_length=1, max_length=128)] = (
+        "pm_card_visa"
+    )
+    shipping_address: AddressIn | None = None
+    product_id: Sku | None = None
+    quantity: Quantity | None = None
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PlaceOrderIn:
+        single = self.product_id is not None or self.quantity is not None
+        if self.items is not None and single:
+            raise ValueError("give either items or productId with quantity, not both")
+        if self.items is None:
+            if self.product_id is None or self.quantity is None:
+                raise ValueError("give items, or productId with quantity")
+            return self
+        skus = [item.sku for item in self.items]
+        duplicates = sorted({s for s in skus if skus.count(s) > 1})
+        if duplicates:
+            raise ValueError(f"each SKU may appear on one line only: {', '.join(duplicates)}")
+        return self
+
+    def lines(self) -> list[tuple[str, int]]:
+        if self.items is not None:
+            return [(item.sku, item.quantity) for item in self.items]
+        assert self.product_id is not None and self.quantity is not None
+        return [(self.product_id, self.quantity)]
+
+
+class LineOut(ApiModel):
+    sku: str
+    name: str
+    quantity: int
+    unit_price: int = Field(description="minor units")
+    line_total: int = Field(description="minor units")
+
+
+class OrderAccepted(ApiModel):
+    order_id: str
+    job_id: str = Field(description="id of the message that carries the order to the workers")
+    status: OrderStatus
+    total_amount: int = Field(description="minor units of `currency`")
+    currency: str
+    items: list[LineOut]
+
+
+class PaymentSummary(ApiModel):
+    status: str
+    authorized: int
+    captured: int
+    refunded: int
+
+
+class AddressOut(ApiModel):
+    model_config = ConfigDict(extra="allow")
+    country: str
+    city: str
+    line1: str
+    line2: str | None = None
+    postal_code: str
+
+
+class OrderOut(ApiModel):
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    failure_reason: str | None
+    currency: str
+    total_amount: int
+    payment_method: str
+    shipping_address: AddressOut | None
+    items: list[LineOut]
+    payment: PaymentSummary
+    shipments: list[dict[str, Any]]
+    version: int
+    created_at: str
+    updated_at: str
+
+
+class OrderPage(ApiModel):
+    items: list[OrderOut]
+    page: int
+    size: int
+    total: int
+
+
+class EventOut(ApiModel):
+    version: int
+    type: str
+    data: dict[str, Any]
+    occurred_at: str
+    correlation_id: str
+    causation_id: str | None
+
+
+class ProductOut(ApiModel):
+    sku: str
+    name: str
+    price: int = Field(description="minor units")
+    currency: str
+    available: int
+
+
+class WarehouseStock(ApiModel):
+    warehouse_id: str
+    on_hand: int
+    reserved: int
+    available: int
+
+
+class InventoryOut(ApiModel):
+    sku: str
+    available: int
+    reserved: int
+    on_hand: int
+    warehouses: list[WarehouseStock]
+
+
+class SetStockIn(ApiModel):
+    warehouse_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    on_hand: Annotated[int, Field(strict=True, ge=0, le=1_000_000_000)]
+
+
+class DevLoginIn(ApiModel):
+    user_id: Annotated[
+        str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$")
+    ]
+    admin: bool = False
+
+
+class TokenOut(ApiModel):
+    token: str
+    token_type: str = "Bearer"
+    user_id: str
+    role: str
+
+
+class Health(ApiModel):
+    status: str

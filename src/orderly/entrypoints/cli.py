@@ -1,0 +1,166 @@
+"""The `orderly` command line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+from rich.console import Console
+
+from orderly.adapters.db.migrate import SchemaOutdated
+from orderly.bootstrap import Container, bootstrap, configure_logging
+from orderly.config import InsecureSettings, Settings
+from orderly.entrypoints.api.app import create_app
+from orderly.services import idempotency
+from orderly.services.ports import StorageUnavailable
+
+app = typer.Typer(
+    help="orderly: event-driven order processing.", no_args_is_help=True, add_completion=False
+)
+console = Console()
+err = Console(stderr=True)
+
+T = TypeVar("T")
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        base = Settings()
+        return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    except (ValidationError, InsecureSettings) as exc:
+        first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise _fail(f"bad settings: {first}") from exc
+
+
+def _with_container(settings: Settings, work: Callable[[Container], Awaitable[T]]) -> T:
+    async def run() -> T:
+        container = bootstrap(settings)
+        try:
+            return await work(container)
+        finally:
+            await container.close()
+
+    try:
+        return asyncio.run(run())
+    except (SchemaOutdated, StorageUnavailable, OSError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _serve(settings: Settings, *, prepare: bool) -> None:
+    configure_logging(settings)
+
+    async def serve() -> None:
+        container = bootstrap(settings)
+        try:
+            if prepare:
+                await container.migrate()
+                added = await container.seed()
+                if added:
+                    console.print(f"seeded the demo catalogue ({added} rows)")
+            else:
+                await container.check_schema()
+            api = create_app(container)
+            config = uvicorn.Config(
+                api,
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                lifespan="on",
+            )
+            console.print(
+                f"orderly is running at [bold]http://{settings.host}:{settings.port}/[/bold] "
+                f"(API docs at /docs; database {_redact(settings.database_url)})",
+                highlight=False,
+            )
+            await uvicorn.Server(config).serve()
+        finally:
+            await container.close()
+
+    try:
+        asyncio.run(serve())
+    except (SchemaOutdated, StorageUnavailable, OSError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+Host = Annotated[str | None, typer.Option(help="Interface to listen on.")]
+Port = Annotated[int | None, typer.Option(help="Port to listen on.")]
+
+
+@app.command()
+def up(host: Host = None, port: Port = None) -> None:
+    """Run everything in one process: migrate, seed the demo catalogue, serve API and UI."""
+    _serve(_settings(host=host, port=port), prepare=True)
+
+
+@app.command()
+def api(host: Host = None, port: Port = None) -> None:
+    """Serve the HTTP API only (the schema must be migrated already)."""
+    _serve(_settings(host=host, port=port), prepare=False)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations up to the newest revision."""
+
+    async def work(container: Container) -> None:
+        with console.status("migrating the database…"):
+            await container.migrate()
+
+    _with_container(_settings(), work)
+    console.print("database schema is up to date")
+
+
+@app.command()
+def seed() -> None:
+    """Insert the demo warehouses, products and stock that are missing (never resets stock)."""
+
+    async def work(container: Container) -> int:
+        await container.check_schema()
+        return await container.seed()
+
+    added = _with_container(_settings(), work)
+    console.print(f"demo catalogue seeded ({added} rows added)")
+
+
+@app.command()
+def token(
+    user_id: Annotated[str, typer.Argument(help="The user id to put in `sub`.")],
+    admin: Annotated[bool, typer.Option("--admin", help="Issue an admin token.")] = False,
+) -> None:
+    """Print a bearer token for USER_ID (role customer, or admin with --admin)."""
+    if not user_id.strip():
+        raise _fail("the user id may not be empty")
+    container = bootstrap(_settings())
+    typer.echo(container.tokens.issue(user_id, "admin" if admin else "customer"))
+
+
+@app.command("purge-keys")
+def purge_keys() -> None:
+    """Delete expired idempotency keys now (the API also does it periodically)."""
+
+    async def work(container: Container) -> int:
+        await container.check_schema()
+        with console.status("purging expired idempotency keys…"):
+            return await idempotency.purge_expired(container.uow, container.clock)
+
+    purged = _with_container(_settings(), work)
+    console.print(f"purged {purged} expired idempotency keys")
+
+
+def main() -> None:
+    app()
