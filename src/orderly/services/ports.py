@@ -105,11 +105,20 @@ class InventoryRepository(Protocol):
 class UnitOfWork(Protocol):
     """One database transaction and the repositories bound to it."""
 
-    products: ProductRepository
-    orders: OrderRepository
-    outbox: Outbox
-    idempotency: IdempotencyStore
-    inventory: InventoryRepository
+    @property
+    def products(self) -> ProductRepository: ...
+
+    @property
+    def orders(self) -> OrderRepository: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
+
+    @property
+    def inventory(self) -> InventoryRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

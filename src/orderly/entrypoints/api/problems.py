@@ -76,9 +76,9 @@ _DESCRIPTIONS = {
     401: "Missing, expired or invalid bearer token",
     403: "The token's role may not do this",
     404: "No such resource (or not yours)",
-    409: "Conflict: the same Idempotency-Key is still in flight (see Retry-After), or the state forbids it",
+    409: "The same Idempotency-Key is still in flight (see Retry-After), or a state conflict",
     413: "Request body larger than the limit (64 KiB by default)",
-    422: "The request is well-formed JSON but invalid, or the Idempotency-Key was reused with another body",
+    422: "Well-formed but invalid, or the Idempotency-Key was reused with another body",
     503: "The database is unreachable or overloaded; retry later",
 }
 
@@ -142,6 +142,4 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     summary = "; ".join(
         f"{'.'.join(str(p) for p in d['loc'][1:] or d['loc'])}: {d['msg']}" for d in details[:5]
     )
-    return problem_response(
-        422, "validation", summary, instance=request.url.path, errors=details
-    )
+    return problem_response(422, "validation", summary, instance=request.url.path, errors=details)

@@ -38,9 +38,7 @@ class PlaceOrderIn(ApiModel):
     form ``{productId, quantity, userId}``; ``userId``, when given, must be the caller."""
 
     items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=MAX_LINES)] | None = None
-    payment_method: Annotated[str, StringConstraints(min_length=1, max_length=128)] = (
-        "pm_card_visa"
-    )
+    payment_method: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "pm_card_visa"
     shipping_address: AddressIn | None = None
     product_id: Sku | None = None
     quantity: Quantity | None = None
@@ -64,7 +62,8 @@ class PlaceOrderIn(ApiModel):
     def lines(self) -> list[tuple[str, int]]:
         if self.items is not None:
             return [(item.sku, item.quantity) for item in self.items]
-        assert self.product_id is not None and self.quantity is not None
+        assert self.product_id is not None
+        assert self.quantity is not None
         return [(self.product_id, self.quantity)]
 
 
@@ -171,7 +170,7 @@ class DevLoginIn(ApiModel):
 
 class TokenOut(ApiModel):
     token: str
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105
     user_id: str
     role: str
 

@@ -47,9 +47,7 @@ async def get_inventory(sku: str, container: ContainerDep, _principal: Principal
     tags=["admin"],
     responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
-async def set_stock(
-    sku: str, body: SetStockIn, container: ContainerDep, _admin: AdminDep
-) -> JSON:
+async def set_stock(sku: str, body: SetStockIn, container: ContainerDep, _admin: AdminDep) -> JSON:
     try:
         await inventory.set_on_hand(
             container.uow, StockChange(sku, body.warehouse_id, body.on_hand)
@@ -57,9 +55,7 @@ async def set_stock(
     except inventory.UnknownSku as exc:
         raise ProblemError(404, "not-found", f"no product {sku}") from exc
     except inventory.UnknownWarehouse as exc:
-        raise ProblemError(
-            422, "unknown-warehouse", f"no warehouse {body.warehouse_id}"
-        ) from exc
+        raise ProblemError(422, "unknown-warehouse", f"no warehouse {body.warehouse_id}") from exc
     except inventory.BelowReserved as exc:
         raise ProblemError(409, "below-reserved", str(exc)) from exc
     return await _inventory_or_404(container, sku)
