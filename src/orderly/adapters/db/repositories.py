@@ -46,16 +46,71 @@ def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
     return sqlite.insert(table)
 
 
+# Statements are built once: constructing them per call cost more than executing them.
+_SELECT_PRODUCTS = (
+    sa.select(products.c.sku, products.c.name, products.c.price_minor, products.c.currency)
+    .where(products.c.sku.in_(sa.bindparam("skus", expanding=True)))
+    .where(products.c.active)
+)
+_INSERT_ORDER = orders.insert()
+_INSERT_LINES = order_lines.insert()
+_INSERT_EVENT = order_events.insert()
+_INSERT_OUTBOX = outbox_messages.insert()
+_COMPLETE_KEY = idempotency_keys.update().where(idempotency_keys.c.id == sa.bindparam("_id"))
+_SELECT_KEY = sa.select(idempotency_keys).where(
+    idempotency_keys.c.user_id == sa.bindparam("user_id"),
+    idempotency_keys.c.method == sa.bindparam("method"),
+    idempotency_keys.c.route == sa.bindparam("route"),
+    idempotency_keys.c.key == sa.bindparam("key"),
+)
+_CLAIM_COLUMNS = ("user_id", "method", "route", "key", "fingerprint", "created_at", "expires_at")
+
+
+def _claim_statement(dialect: str) -> Any:
+    """INSERT the key, or take over an expired one, RETURNING its id; nothing if it is live.
+
+    On PostgreSQL the row is only offered under a transaction-scoped advisory lock on the
+    scope, so a concurrent claim of an uncommitted key returns nothing at once.
+    """
+    c = idempotency_keys.c
+    binds = [sa.bindparam(name, type_=c[name].type) for name in _CLAIM_COLUMNS]
+    if dialect == "postgresql":
+        insert: Any = postgresql.insert(idempotency_keys)
+        source = sa.select(*binds).where(
+            sa.func.pg_try_advisory_xact_lock(sa.bindparam("lock_id", type_=sa.BigInteger))
+        )
+        insert = insert.from_select(list(_CLAIM_COLUMNS), source)
+    else:
+        insert = sqlite.insert(idempotency_keys).values(
+            dict(zip(_CLAIM_COLUMNS, binds, strict=True))
+        )
+    excluded = insert.excluded
+    reclaim_expired = {
+        "fingerprint": excluded.fingerprint,
+        "created_at": excluded.created_at,
+        "expires_at": excluded.expires_at,
+        "response_status": None,
+        "response_headers": None,
+        "response_body": None,
+        "resource_id": None,
+        "resource_status": None,
+    }
+    return insert.on_conflict_do_update(
+        index_elements=[c.user_id, c.method, c.route, c.key],
+        set_=reclaim_expired,
+        where=c.expires_at <= excluded.created_at,
+    ).returning(c.id)
+
+
+_CLAIM = {"postgresql": _claim_statement("postgresql"), "sqlite": _claim_statement("sqlite")}
+
+
 class SqlProductRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
     async def by_skus(self, skus: Collection[str]) -> dict[str, Product]:
-        rows = await self._conn.execute(
-            sa.select(products.c.sku, products.c.name, products.c.price_minor, products.c.currency)
-            .where(products.c.sku.in_(list(skus)))
-            .where(products.c.active)
-        )
+        rows = await self._conn.execute(_SELECT_PRODUCTS, {"skus": list(skus)})
         return {
             r.sku: Product(sku=r.sku, name=r.name, price=Money(r.price_minor, r.currency))
             for r in rows
@@ -73,23 +128,25 @@ class SqlOrderRepository:
     async def add(self, placed: PlacedOrder) -> None:
         order, event = placed.order, placed.event
         await self._conn.execute(
-            orders.insert().values(
-                id=order.id,
-                customer_id=order.customer_id,
-                status=order.status.value,
-                currency=order.total.currency,
-                total_minor=order.total.amount,
-                payment_method=order.payment_method,
-                shipping_address=(
+            _INSERT_ORDER,
+            {
+                "id": order.id,
+                "customer_id": order.customer_id,
+                "status": order.status.value,
+                "failure_reason": None,
+                "currency": order.total.currency,
+                "total_minor": order.total.amount,
+                "payment_method": order.payment_method,
+                "shipping_address": (
                     order.shipping_address.as_dict() if order.shipping_address else None
                 ),
-                version=order.version,
-                created_at=order.created_at,
-                updated_at=order.updated_at,
-            )
+                "version": order.version,
+                "created_at": order.created_at,
+                "updated_at": order.updated_at,
+            },
         )
         await self._conn.execute(
-            order_lines.insert(),
+            _INSERT_LINES,
             [
                 {
                     "order_id": order.id,
@@ -103,15 +160,16 @@ class SqlOrderRepository:
             ],
         )
         await self._conn.execute(
-            order_events.insert().values(
-                order_id=event.order_id,
-                version=event.version,
-                type=event.type,
-                data=event.data,
-                occurred_at=event.occurred_at,
-                correlation_id=event.correlation_id,
-                causation_id=event.causation_id,
-            )
+            _INSERT_EVENT,
+            {
+                "order_id": event.order_id,
+                "version": event.version,
+                "type": event.type,
+                "data": event.data,
+                "occurred_at": event.occurred_at,
+                "correlation_id": event.correlation_id,
+                "causation_id": event.causation_id,
+            },
         )
 
 
@@ -121,17 +179,19 @@ class SqlOutbox:
 
     async def add(self, message: Message) -> None:
         await self._conn.execute(
-            outbox_messages.insert().values(
-                message_id=message.id,
-                type=message.type,
-                key=message.key,
-                payload=message.payload,
-                headers=message.headers,
-                correlation_id=message.correlation_id,
-                causation_id=message.causation_id,
-                created_at=message.created_at,
-                available_at=message.created_at,
-            )
+            _INSERT_OUTBOX,
+            {
+                "message_id": message.id,
+                "type": message.type,
+                "key": message.key,
+                "payload": message.payload,
+                "headers": message.headers,
+                "correlation_id": message.correlation_id,
+                "causation_id": message.causation_id,
+                "created_at": message.created_at,
+                "available_at": message.created_at,
+                "attempts": 0,
+            },
         )
 
 
@@ -140,16 +200,6 @@ def _advisory_lock_id(scope: IdempotencyScope) -> int:
         "\x1f".join((scope.user_id, scope.method, scope.route, scope.key)).encode()
     ).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _scope_clause(scope: IdempotencyScope) -> sa.ColumnElement[bool]:
-    c = idempotency_keys.c
-    return sa.and_(
-        c.user_id == scope.user_id,
-        c.method == scope.method,
-        c.route == scope.route,
-        c.key == scope.key,
-    )
 
 
 class SqlIdempotencyStore:
@@ -168,46 +218,25 @@ class SqlIdempotencyStore:
     async def claim(
         self, scope: IdempotencyScope, fingerprint: str, now: datetime, expires_at: datetime
     ) -> ClaimResult:
-        c = idempotency_keys.c
-        values: dict[str, Any] = {
+        scope_params = {
             "user_id": scope.user_id,
             "method": scope.method,
             "route": scope.route,
             "key": scope.key,
+        }
+        params = {
+            **scope_params,
             "fingerprint": fingerprint,
             "created_at": now,
             "expires_at": expires_at,
+            "lock_id": _advisory_lock_id(scope),
         }
-        insert = dialect_insert(self._conn, idempotency_keys)
-        if self._conn.dialect.name == "postgresql":
-            source = sa.select(
-                *[sa.literal(v, type_=c[k].type).label(k) for k, v in values.items()]
-            ).where(sa.func.pg_try_advisory_xact_lock(_advisory_lock_id(scope)))
-            insert = insert.from_select(list(values), source)
-        else:
-            insert = insert.values(**values)
-        reclaim_expired = {
-            "fingerprint": insert.excluded.fingerprint,
-            "created_at": insert.excluded.created_at,
-            "expires_at": insert.excluded.expires_at,
-            "response_status": None,
-            "response_headers": None,
-            "response_body": None,
-            "resource_id": None,
-            "resource_status": None,
-        }
-        statement = insert.on_conflict_do_update(
-            index_elements=[c.user_id, c.method, c.route, c.key],
-            set_=reclaim_expired,
-            where=c.expires_at <= insert.excluded.created_at,
-        ).returning(c.id)
-        claimed = (await self._conn.execute(statement)).scalar_one_or_none()
+        dialect = self._conn.dialect.name
+        claimed = (await self._conn.execute(_CLAIM[dialect], params)).scalar_one_or_none()
         if claimed is not None:
             self._claimed_id = claimed
             return Claimed()
-        row = (
-            await self._conn.execute(sa.select(idempotency_keys).where(_scope_clause(scope)))
-        ).one_or_none()
+        row = (await self._conn.execute(_SELECT_KEY, scope_params)).one_or_none()
         if row is None:
             return InFlight()
         response = None
@@ -237,15 +266,15 @@ class SqlIdempotencyStore:
         if self._claimed_id is None:
             raise RuntimeError("complete() without a successful claim()")
         await self._conn.execute(
-            idempotency_keys.update()
-            .where(idempotency_keys.c.id == self._claimed_id)
-            .values(
-                response_status=response.status_code,
-                response_headers=[list(h) for h in response.headers],
-                response_body=response.body,
-                resource_id=resource_id,
-                resource_status=resource_status,
-            )
+            _COMPLETE_KEY,
+            {
+                "_id": self._claimed_id,
+                "response_status": response.status_code,
+                "response_headers": [list(h) for h in response.headers],
+                "response_body": response.body,
+                "resource_id": resource_id,
+                "resource_status": resource_status,
+            },
         )
 
     async def purge_expired(self, now: datetime, limit: int) -> int:
