@@ -9,7 +9,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orderly.adapters.auth import JwtTokens
-from orderly.adapters.db.engine import create_engine
+from orderly.adapters.db.engine import create_engine, dispose_engine
 from orderly.adapters.db.migrate import check_schema, upgrade
 from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.seed import seed_demo_catalogue
@@ -47,7 +47,7 @@ class Container:
         return await seed_demo_catalogue(self.engine)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await dispose_engine(self.engine)
 
 
 def configure_logging(settings: Settings) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import orjson
@@ -62,3 +64,20 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+async def dispose_engine(engine: AsyncEngine) -> None:
+    """Close every pooled connection, then let driver threads finish while the loop still runs.
+
+    aiosqlite queues the cleanup of a connection that failed to open without awaiting it; its
+    worker thread then dies with a traceback if the loop is already closed (aiosqlite#259).
+    """
+    await engine.dispose()
+    workers = [t for t in threading.enumerate() if t.name.endswith("(_connection_worker_thread)")]
+    if workers:
+
+        def join() -> None:
+            for worker in workers:
+                worker.join(timeout=1.0)
+
+        await asyncio.to_thread(join)

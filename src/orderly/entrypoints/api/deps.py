@@ -25,7 +25,7 @@ class Principal:
         return self.role == "admin"
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
     container: Container = request.app.state.container
     return container
 
@@ -39,7 +39,7 @@ def _unauthorized(detail: str) -> ProblemError:
     )
 
 
-def get_principal(
+async def get_principal(
     container: ContainerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -55,7 +55,7 @@ def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_admin(principal: PrincipalDep) -> Principal:
+async def get_admin(principal: PrincipalDep) -> Principal:
     if not principal.is_admin:
         raise ProblemError(403, "forbidden", "this endpoint is for admins only")
     return principal
