@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from orderly.adapters.db.migrate import SchemaOutdated
 from orderly.bootstrap import Container, bootstrap, configure_logging
@@ -32,13 +35,39 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(host: str | None = None, port: int | None = None) -> Settings:
+    # Options go through the same validation as the environment (model_copy would skip it).
+    options: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     try:
-        base = Settings()
-        return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    except (ValidationError, InsecureSettings) as exc:
-        first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        raise _fail(f"bad settings: {first}") from exc
+        return Settings(**options)
+    except ValidationError as exc:
+        raise _fail(f"bad settings: {_first_error(exc, options)}") from exc
+    except InsecureSettings as exc:
+        raise _fail(f"bad settings: {exc}") from exc
+
+
+def _first_error(exc: ValidationError, options: dict[str, Any]) -> str:
+    error = exc.errors()[0]
+    if not error["loc"]:
+        return error["msg"]
+    field = str(error["loc"][0])
+    name = f"--{field}" if field in options else f"ORDERLY_{field.upper()}"
+    return f"{name}: {error['msg']}"
+
+
+@contextmanager
+def _one_line_errors(settings: Settings) -> Iterator[None]:
+    """Turn the failures a user can cause (settings, an unreachable database) into one line."""
+    try:
+        yield
+    except (SchemaOutdated, StorageUnavailable, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    except ArgumentError as exc:
+        raise _fail(f"bad settings: ORDERLY_DATABASE_URL: {exc}") from exc
+    except SQLAlchemyError as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        first_line = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise _fail(f"database {_redact(settings.database_url)}: {first_line}") from exc
 
 
 def _with_container(settings: Settings, work: Callable[[Container], Awaitable[T]]) -> T:
@@ -49,10 +78,8 @@ def _with_container(settings: Settings, work: Callable[[Container], Awaitable[T]
         finally:
             await container.close()
 
-    try:
+    with _one_line_errors(settings):
         return asyncio.run(run())
-    except (SchemaOutdated, StorageUnavailable, OSError) as exc:
-        raise _fail(str(exc)) from exc
 
 
 def _serve(settings: Settings, *, prepare: bool) -> None:
@@ -85,16 +112,15 @@ def _serve(settings: Settings, *, prepare: bool) -> None:
         finally:
             await container.close()
 
-    try:
+    with _one_line_errors(settings):
         asyncio.run(serve())
-    except (SchemaOutdated, StorageUnavailable, OSError) as exc:
-        raise _fail(str(exc)) from exc
 
 
 def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsable URL)"
 
 
 Host = Annotated[str | None, typer.Option(help="Interface to listen on.")]
@@ -145,7 +171,9 @@ def token(
     """Print a bearer token for USER_ID (role customer, or admin with --admin)."""
     if not user_id.strip():
         raise _fail("the user id may not be empty")
-    container = bootstrap(_settings())
+    settings = _settings()
+    with _one_line_errors(settings):
+        container = bootstrap(settings)
     typer.echo(container.tokens.issue(user_id, "admin" if admin else "customer"))
 
 

@@ -140,6 +140,16 @@ def _add_domain_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "1"},
         )
 
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette re-raises after answering, so the traceback still reaches the log.
+        return problem_response(
+            500,
+            "internal-error",
+            "an unexpected error occurred",
+            instance=request.url.path,
+        )
+
+    app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(UnknownProducts, unknown_products)
     app.add_exception_handler(InvalidOrder, invalid_order)
     app.add_exception_handler(idempotency.IdempotencyError, key_error)

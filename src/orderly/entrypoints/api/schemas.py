@@ -4,14 +4,47 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from orderly.domain.orders import MAX_LINES, MAX_QUANTITY, OrderStatus
 
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+
+
+def _integral_float_to_int(value: Any) -> Any:
+    # JSON Schema counts 2.0 as an integer; strings and booleans stay refused (strict).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+IntegralFloat = BeforeValidator(_integral_float_to_int)
+Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY), IntegralFloat]
+
+# PostgreSQL text cannot hold NUL: refuse it here (422), not in the database (500).
+_NO_NUL = r"[^\x00]*"
+_VISIBLE = r"[^\s\x00]"
+NO_NUL = rf"^{_NO_NUL}$"
+# Surrounding whitespace is stripped before the length check, so these patterns tell the
+# OpenAPI document that whitespace alone is too short.
+ONE_VISIBLE = rf"^{_NO_NUL}{_VISIBLE}{_NO_NUL}$"
+TWO_VISIBLE = rf"^{_NO_NUL}{_VISIBLE}{_NO_NUL}{_VISIBLE}{_NO_NUL}$"
+
+
+def _no_nul(min_length: int, max_length: int) -> StringConstraints:
+    return StringConstraints(min_length=min_length, max_length=max_length, pattern=NO_NUL)
+
+
+Text = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=ONE_VISIBLE),
+]
 
 
 class ApiModel(BaseModel):
@@ -26,23 +59,55 @@ class OrderItemIn(ApiModel):
 
 
 class AddressIn(ApiModel):
-    country: Annotated[str, StringConstraints(min_length=2, max_length=56, strip_whitespace=True)]
+    country: Annotated[
+        str,
+        StringConstraints(min_length=2, max_length=56, strip_whitespace=True, pattern=TWO_VISIBLE),
+    ]
     city: Text
     line1: Text
-    line2: Annotated[str, StringConstraints(max_length=200)] | None = None
-    postal_code: Annotated[str, StringConstraints(min_length=1, max_length=20)]
+    line2: Annotated[str, _no_nul(0, 200)] | None = None
+    postal_code: Annotated[str, _no_nul(1, 20)]
+
+
+def _document_one_form(schema: dict[str, Any]) -> None:
+    """Say in the OpenAPI document what the model validator enforces: either ``items``, or
+    ``productId`` with ``quantity``. The alternatives repeat the fields' own constraints, so
+    that generators (schemathesis) need not merge them."""
+    properties = schema["properties"]
+
+    def present(name: str) -> Any:
+        return next(s for s in properties[name]["anyOf"] if s.get("type") != "null")
+
+    absent = {"type": "null"}
+    schema["anyOf"] = [
+        {
+            "required": ["items"],
+            "properties": {"items": present("items"), "productId": absent, "quantity": absent},
+        },
+        {
+            "required": ["productId", "quantity"],
+            "properties": {
+                "items": absent,
+                "productId": present("productId"),
+                "quantity": present("quantity"),
+            },
+        },
+    ]
 
 
 class PlaceOrderIn(ApiModel):
     """Either ``items`` (with shipping address and payment method) or seed 000's single-item
-    form ``{productId, quantity, userId}``; ``userId``, when given, must be the caller."""
+    form ``{productId, quantity, userId}``; ``userId``, when given, must be the caller. Each
+    SKU may appear on one line only."""
+
+    model_config = ConfigDict(json_schema_extra=_document_one_form)
 
     items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=MAX_LINES)] | None = None
-    payment_method: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "pm_card_visa"
+    payment_method: Annotated[str, _no_nul(1, 128)] = "pm_card_visa"
     shipping_address: AddressIn | None = None
     product_id: Sku | None = None
     quantity: Quantity | None = None
-    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    user_id: Annotated[str, _no_nul(1, 128)] | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> PlaceOrderIn:
@@ -157,8 +222,8 @@ class InventoryOut(ApiModel):
 
 
 class SetStockIn(ApiModel):
-    warehouse_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    on_hand: Annotated[int, Field(strict=True, ge=0, le=1_000_000_000)]
+    warehouse_id: Annotated[str, _no_nul(1, 64)]
+    on_hand: Annotated[int, Field(strict=True, ge=0, le=1_000_000_000), IntegralFloat]
 
 
 class DevLoginIn(ApiModel):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from orderly.entrypoints.api.deps import AdminDep, ContainerDep, PrincipalDep
 from orderly.entrypoints.api.problems import ProblemError, problem_responses
-from orderly.entrypoints.api.schemas import InventoryOut, ProductOut, SetStockIn
+from orderly.entrypoints.api.schemas import NO_NUL, InventoryOut, ProductOut, SetStockIn
 from orderly.services import inventory
 from orderly.services.ports import JSON, StockChange
 
 router = APIRouter(tags=["catalogue"])
+
+SkuParam = Annotated[str, Path(pattern=NO_NUL)]
 
 
 @router.get(
@@ -36,7 +40,7 @@ async def _inventory_or_404(container: ContainerDep, sku: str) -> JSON:
     summary="Stock of one SKU, in total and per warehouse",
     responses=problem_responses(401, 404, 503),
 )
-async def get_inventory(sku: str, container: ContainerDep, _principal: PrincipalDep) -> JSON:
+async def get_inventory(sku: SkuParam, container: ContainerDep, _principal: PrincipalDep) -> JSON:
     return await _inventory_or_404(container, sku)
 
 
@@ -47,7 +51,9 @@ async def get_inventory(sku: str, container: ContainerDep, _principal: Principal
     tags=["admin"],
     responses=problem_responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
-async def set_stock(sku: str, body: SetStockIn, container: ContainerDep, _admin: AdminDep) -> JSON:
+async def set_stock(
+    sku: SkuParam, body: SetStockIn, container: ContainerDep, _admin: AdminDep
+) -> JSON:
     try:
         await inventory.set_on_hand(
             container.uow, StockChange(sku, body.warehouse_id, body.on_hand)

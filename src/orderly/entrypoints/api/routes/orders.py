@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
 
 from orderly.domain.orders import LineRequest, OrderStatus, PlacedOrder, ShippingAddress
 from orderly.entrypoints.api.deps import ContainerDep, PrincipalDep
 from orderly.entrypoints.api.problems import ProblemError, problem_responses
 from orderly.entrypoints.api.schemas import (
+    NO_NUL,
     EventOut,
     OrderAccepted,
     OrderOut,
@@ -28,16 +29,29 @@ router = APIRouter(prefix="/api/orders", tags=["orders"])
 
 ORDERS_ROUTE = "/api/orders"
 
+_KEY_DESCRIPTION = (
+    "Unique key for this request (a UUID v4 is ideal), 1-255 printable ASCII characters, "
+    'bare or as a quoted structured-field string ("..."). Reuse it for every retry of '
+    "the same request; keys expire after 24 hours. Missing or malformed: 400."
+)
+
+# Documented by hand: the route checks the key itself (400, not FastAPI's 422), yet the
+# document must say that it is required and what it looks like.
+IDEMPOTENCY_KEY_PARAMETER: JSON = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": True,
+    "description": _KEY_DESCRIPTION,
+    "schema": {
+        "type": "string",
+        "pattern": r'^(?:[!#-~]{1,255}|"(?:[ !#-\[\]-~]|\\["\\]){1,255}")$',
+    },
+}
+
+OrderId = Annotated[str, Path(pattern=NO_NUL)]
+
 IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        description=(
-            "Unique key for this request (a UUID v4 is ideal), 1-255 printable ASCII characters, "
-            'bare or as a quoted structured-field string ("..."). Reuse it for every retry of '
-            "the same request; keys expire after 24 hours."
-        ),
-    ),
+    str | None, Header(alias="Idempotency-Key", include_in_schema=False)
 ]
 
 
@@ -100,6 +114,7 @@ def _command(body: PlaceOrderIn, customer_id: str) -> PlaceOrder:
         },
         **problem_responses(400, 401, 403, 409, 413, 422, 503),
     },
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY_PARAMETER]},
 )
 async def place_order(
     request: Request,
@@ -155,7 +170,7 @@ async def _visible_order(container: ContainerDep, principal: PrincipalDep, order
     summary="An order's current state",
     responses=problem_responses(401, 404, 503),
 )
-async def get_order(order_id: str, container: ContainerDep, principal: PrincipalDep) -> JSON:
+async def get_order(order_id: OrderId, container: ContainerDep, principal: PrincipalDep) -> JSON:
     return await _visible_order(container, principal, order_id)
 
 
@@ -166,7 +181,7 @@ async def get_order(order_id: str, container: ContainerDep, principal: Principal
     responses=problem_responses(401, 404, 503),
 )
 async def get_order_events(
-    order_id: str, container: ContainerDep, principal: PrincipalDep
+    order_id: OrderId, container: ContainerDep, principal: PrincipalDep
 ) -> list[JSON]:
     await _visible_order(container, principal, order_id)
     return await container.views.events(order_id)
@@ -184,7 +199,9 @@ async def list_orders(
     status: OrderStatus | None = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     size: Annotated[int, Query(ge=1, le=100)] = 20,
-    customer_id: Annotated[str | None, Query(alias="customerId", max_length=128)] = None,
+    customer_id: Annotated[
+        str | None, Query(alias="customerId", max_length=128, pattern=NO_NUL)
+    ] = None,
 ) -> JSON:
     if not principal.is_admin:
         if customer_id is not None and customer_id != principal.user_id:

@@ -1,0 +1,1 @@
+"""Contract tests: schemathesis against a running `orderly up`."""

@@ -1,0 +1,1 @@
+"""End-to-end tests: real `orderly` processes and the command line."""
