@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orderly.adapters.auth import JwtTokens
 from orderly.adapters.db.engine import create_engine, dispose_engine
 from orderly.adapters.db.migrate import check_schema, upgrade
+from orderly.adapters.db.postgres import PgUnitOfWork
 from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.seed import seed_demo_catalogue
 from orderly.adapters.db.views import SqlViews
@@ -31,6 +32,8 @@ class Container:
     ids: IdGenerator
 
     def uow(self) -> UnitOfWork:
+        if self.engine.dialect.name == "postgresql":
+            return PgUnitOfWork(self.engine)
         return SqlUnitOfWork(self.engine)
 
     @property

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from orderly.adapters.db import repositories
+from orderly.adapters.db import postgres, repositories
 from tests.conftest import Backend, row_counts
 
 ORDER = {"items": [{"sku": "PROD-001", "quantity": 1}, {"sku": "PROD-003", "quantity": 2}]}
@@ -29,22 +29,26 @@ def fail_after(original: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@pytest.mark.parametrize(
-    ("cls", "method"),
-    [
-        (repositories.SqlOrderRepository, "add"),
-        (repositories.SqlOutbox, "add"),
-        (repositories.SqlIdempotencyStore, "complete"),
-    ],
-)
+# The write each backend's unit of work uses: SQLAlchemy on SQLite, the driver on PostgreSQL.
+WRITES: dict[str, dict[str, type]] = {
+    "orders.add": {"sqlite": repositories.SqlOrderRepository, "postgres": postgres.PgOrders},
+    "outbox.add": {"sqlite": repositories.SqlOutbox, "postgres": postgres.PgOutbox},
+    "idempotency.complete": {
+        "sqlite": repositories.SqlIdempotencyStore,
+        "postgres": postgres.PgIdempotencyStore,
+    },
+}
+
+
+@pytest.mark.parametrize("write", list(WRITES))
 async def test_a_failure_between_writes_leaves_nothing(
     client: httpx.AsyncClient,
     alice: dict[str, str],
     backend: Backend,
     monkeypatch: pytest.MonkeyPatch,
-    cls: type,
-    method: str,
+    write: str,
 ) -> None:
+    cls, method = WRITES[write][backend.name], write.split(".")[1]
     before = await row_counts(backend)
     idem = str(uuid.uuid4())
     headers = {**alice, "Idempotency-Key": idem}

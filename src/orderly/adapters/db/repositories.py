@@ -195,7 +195,7 @@ class SqlOutbox:
         )
 
 
-def _advisory_lock_id(scope: IdempotencyScope) -> int:
+def advisory_lock_id(scope: IdempotencyScope) -> int:
     digest = hashlib.sha256(
         "\x1f".join((scope.user_id, scope.method, scope.route, scope.key)).encode()
     ).digest()
@@ -229,7 +229,7 @@ class SqlIdempotencyStore:
             "fingerprint": fingerprint,
             "created_at": now,
             "expires_at": expires_at,
-            "lock_id": _advisory_lock_id(scope),
+            "lock_id": advisory_lock_id(scope),
         }
         dialect = self._conn.dialect.name
         claimed = (await self._conn.execute(_CLAIM[dialect], params)).scalar_one_or_none()
