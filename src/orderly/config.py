@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_json: bool = False
+    access_log: bool = True
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -101,6 +101,7 @@ def _serve(settings: Settings, *, prepare: bool) -> None:
                 host=settings.host,
                 port=settings.port,
                 log_level=settings.log_level,
+                access_log=settings.access_log,
                 lifespan="on",
             )
             console.print(
@@ -112,8 +113,18 @@ def _serve(settings: Settings, *, prepare: bool) -> None:
         finally:
             await container.close()
 
-    with _one_line_errors(settings):
-        asyncio.run(serve())
+    with _one_line_errors(settings), asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (uvicorn[standard] ships it): uvicorn only picks it by itself
+    when it owns the event loop, and here orderly does."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _redact(url: str) -> str:
