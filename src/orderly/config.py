@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     env: Literal["dev", "test", "prod"] = "dev"
     database_url: str = "sqlite+aiosqlite:///./orderly.db"
     broker_url: str = "local://"
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_size: int = Field(default=20, ge=1, le=200)
 
     jwt_secret: str = DEV_JWT_SECRET
     jwt_issuer: str = "orderly"

@@ -22,7 +22,7 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> AsyncEngine:
     """An async engine: SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE (one writer)."""
     if is_sqlite(url):
         engine = create_async_engine(
@@ -38,7 +38,9 @@ def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Async
         url,
         echo=echo,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        # No overflow: connections opened and closed under load cost PostgreSQL a new backend
+        # and asyncpg its type introspection and prepared statements each time.
+        max_overflow=0,
         pool_pre_ping=False,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
