@@ -1,0 +1,93 @@
+"""The SQL of orderly's intake transaction on PostgreSQL, for the bare app to send verbatim.
+
+Copied from ``orderly.adapters.db.postgres`` (commit d86845c), under the same names, and checked
+against it at every run by ``drift()``: a bare app sending other SQL than orderly would make the
+comparison meaningless. One order is BEGIN, CLAIM_KEY, SELECT_PRODUCTS, INSERT_ORDER (order,
+lines and first event in one statement), INSERT_OUTBOX, COMPLETE_KEY, COMMIT; a replay of a
+finished key is BEGIN, CLAIM_KEY (returns nothing), SELECT_KEY, ROLLBACK.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+ORDERLY_MODULE = "orderly.adapters.db.postgres"
+
+CLAIM_KEY = """
+INSERT INTO idempotency_keys (user_id, method, route, key, fingerprint, created_at, expires_at)
+SELECT $1::varchar, $2::varchar, $3::varchar, $4::varchar, $5::varchar, $6::timestamptz,
+       $7::timestamptz
+WHERE pg_try_advisory_xact_lock($8::bigint)
+ON CONFLICT (user_id, method, route, key) DO UPDATE
+SET fingerprint = excluded.fingerprint, created_at = excluded.created_at,
+    expires_at = excluded.expires_at, response_status = NULL, response_headers = NULL,
+    response_body = NULL, resource_id = NULL, resource_status = NULL
+WHERE idempotency_keys.expires_at <= excluded.created_at
+RETURNING id
+"""
+
+SELECT_KEY = """
+SELECT fingerprint, response_status, response_headers, response_body, resource_id,
+       resource_status, expires_at
+FROM idempotency_keys
+WHERE user_id = $1::varchar AND method = $2::varchar AND route = $3::varchar
+  AND key = $4::varchar
+"""
+
+SELECT_PRODUCTS = """
+SELECT sku, name, price_minor, currency FROM products
+WHERE sku = ANY($1::varchar[]) AND active
+"""
+
+INSERT_ORDER = """
+WITH new_order AS (
+    INSERT INTO orders (id, customer_id, status, failure_reason, currency, total_minor,
+                        payment_method, shipping_address, version, created_at, updated_at)
+    VALUES ($1::varchar, $2::varchar, $3::varchar, NULL, $4::varchar, $5::bigint,
+            $6::varchar, $7::jsonb, $8::integer, $9::timestamptz, $10::timestamptz)
+), new_lines AS (
+    INSERT INTO order_lines (order_id, line_no, sku, name, quantity, unit_price_minor)
+    SELECT $1::varchar, line.* FROM unnest($11::integer[], $12::varchar[], $13::varchar[],
+                                           $14::integer[], $15::bigint[]) AS line
+)
+INSERT INTO order_events (order_id, version, type, data, occurred_at, correlation_id,
+                          causation_id)
+VALUES ($1::varchar, $16::integer, $17::varchar, $18::jsonb, $19::timestamptz,
+        $20::varchar, $21::varchar)
+"""
+
+INSERT_OUTBOX = """
+INSERT INTO outbox_messages (message_id, type, key, payload, headers, correlation_id,
+                             causation_id, created_at, available_at, attempts)
+VALUES ($1::varchar, $2::varchar, $3::varchar, $4::jsonb, $5::jsonb, $6::varchar,
+        $7::varchar, $8::timestamptz, $8::timestamptz, 0)
+"""
+
+COMPLETE_KEY = """
+UPDATE idempotency_keys
+SET response_status = $2::integer, response_headers = $3::jsonb, response_body = $4::bytea,
+    resource_id = $5::varchar, resource_status = $6::varchar
+WHERE id = $1::bigint
+"""
+
+INTAKE = {
+    "CLAIM_KEY": CLAIM_KEY,
+    "SELECT_KEY": SELECT_KEY,
+    "SELECT_PRODUCTS": SELECT_PRODUCTS,
+    "INSERT_ORDER": INSERT_ORDER,
+    "INSERT_OUTBOX": INSERT_OUTBOX,
+    "COMPLETE_KEY": COMPLETE_KEY,
+}
+
+
+def drift() -> list[str]:
+    """Names of the statements that differ from orderly's (whitespace aside), or are gone."""
+    try:
+        orderly = importlib.import_module(ORDERLY_MODULE)
+    except ImportError:
+        return sorted(INTAKE)
+    return [
+        name
+        for name, text in INTAKE.items()
+        if " ".join(str(getattr(orderly, name, "")).split()) != " ".join(text.split())
+    ]
