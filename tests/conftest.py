@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,10 +39,10 @@ def service_missing(name: str, error: BaseException) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-async def postgres_url() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    name = f"orderly_test_{uuid.uuid4().hex[:10]}"
+@asynccontextmanager
+async def throwaway_postgres_database(prefix: str) -> AsyncIterator[str]:
+    """Create a uniquely named PostgreSQL database, yield its SQLAlchemy URL, drop it after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -53,6 +54,13 @@ async def postgres_url() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    async with throwaway_postgres_database("orderly_test") as url:
+        yield url
 
 
 @dataclass

@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
-import asyncpg
 import pytest
 
 from orderly.adapters.auth import JwtTokens
 from orderly.adapters.system import SystemClock
-from tests.conftest import PG_ADMIN_DSN, service_missing
+from tests.conftest import throwaway_postgres_database
 from tests.support.server import OrderlyServer, running_server
 
 JWT_SECRET = "contract-tests-secret-" + "x" * 16
@@ -29,18 +27,8 @@ class Tokens:
 @pytest.fixture(scope="module")
 async def contract_postgres_url() -> AsyncIterator[str]:
     """A fresh PostgreSQL database for the contract server, dropped afterwards."""
-    name = f"orderly_contract_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        service_missing("PostgreSQL", exc)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        yield f"{base}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with throwaway_postgres_database("orderly_contract") as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
