@@ -1,6 +1,6 @@
 """A bare FastAPI + asyncpg twin of orderly's ``POST /api/orders``: the intake benchmark's baseline.
 
-It sends the statements of ``bench.intake.statements`` (orderly's own SQL) in one transaction:
+It sends the statements of ``orderly.adapters.db.pg_sql`` (orderly's own SQL) in one transaction:
 claim the Idempotency-Key under ``pg_try_advisory_xact_lock``, price the SKUs, insert the order
 with its lines and first event, insert the outbox message, store the response on the key row,
 commit.
@@ -31,7 +31,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from bench.intake import statements as sql
+from orderly.adapters.db import pg_sql as sql
 
 ROUTE = "/api/orders"
 ROLES = ("customer", "admin")

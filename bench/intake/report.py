@@ -192,9 +192,6 @@ def markdown(document: Doc) -> str:
     for label, render, with_ratio in ROWS:
         ratio = _ratio(apps, render) if with_ratio else ""
         lines.append(f"| {label} | " + " | ".join(render(apps[n]) for n in names) + f" | {ratio} |")
-    drift = document["bare_sql_differs_from_orderly"]
-    if drift:
-        lines += ["", f"**The bare app's SQL differs from orderly's: {', '.join(drift)}.**"]
     lines += ["", "| target | app | measured | met |", "|---|---|---|---|"]
     for v in document["verdicts"]:
         met = "yes" if v["passed"] else "NO"

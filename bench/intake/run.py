@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import orjson
 import uvloop
 
-from bench.intake import database, report, servers, statements
+from bench.intake import database, report, servers
 from bench.intake.latency import PhaseResult
 from bench.intake.loadgen import (
     Orders,
@@ -418,9 +418,6 @@ def app_json(result: AppResult) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark; print the markdown table; write the JSON result."""
     options = parse_args(argv)
-    drift = statements.drift()
-    if drift:
-        _say(f"warning: the bare app's SQL differs from orderly's: {', '.join(drift)}")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         _say(f"preparing databases {', '.join(database_name(options, a) for a in options.apps)}")
         setup = runner.run(prepare(options))
@@ -431,7 +428,6 @@ def main(argv: list[str] | None = None) -> None:
         "options": asdict(options),
         "machine": machine(pg_version),
         "commit": _commit(),
-        "bare_sql_differs_from_orderly": drift,
         "apps": {r.app: app_json(r) for r in results},
     }
     document["verdicts"] = report.verdicts(document)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -202,6 +202,24 @@ def advisory_lock_id(scope: IdempotencyScope) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def key_record(row: Mapping[Any, Any]) -> KeyRecord:
+    """A stored key row (either driver's) as the services see it."""
+    response = None
+    if row["response_status"] is not None:
+        response = StoredResponse(
+            status_code=row["response_status"],
+            headers=tuple((k, v) for k, v in row["response_headers"]),
+            body=row["response_body"],
+        )
+    return KeyRecord(
+        fingerprint=row["fingerprint"],
+        response=response,
+        expires_at=row["expires_at"],
+        resource_id=row["resource_id"],
+        resource_status=row["resource_status"],
+    )
+
+
 class SqlIdempotencyStore:
     """Claims keys inside the caller's transaction.
 
@@ -237,24 +255,7 @@ class SqlIdempotencyStore:
             self._claimed_id = claimed
             return Claimed()
         row = (await self._conn.execute(_SELECT_KEY, scope_params)).one_or_none()
-        if row is None:
-            return InFlight()
-        response = None
-        if row.response_status is not None:
-            response = StoredResponse(
-                status_code=row.response_status,
-                headers=tuple((k, v) for k, v in row.response_headers),
-                body=row.response_body,
-            )
-        return Existing(
-            KeyRecord(
-                fingerprint=row.fingerprint,
-                response=response,
-                expires_at=row.expires_at,
-                resource_id=row.resource_id,
-                resource_status=row.resource_status,
-            )
-        )
+        return InFlight() if row is None else Existing(key_record(row._mapping))
 
     async def complete(
         self,
