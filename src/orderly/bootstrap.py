@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orderly.adapters.alerts import LogAlerts, WebhookAlerts
 from orderly.adapters.auth import JwtTokens
 from orderly.adapters.db.engine import create_engine, dispose_engine
 from orderly.adapters.db.migrate import check_schema, upgrade
+from orderly.adapters.db.outbox_queue import OutboxQueue, OutboxSignal
 from orderly.adapters.db.postgres import PgUnitOfWork
 from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.seed import seed_demo_catalogue
 from orderly.adapters.db.views import SqlViews
 from orderly.adapters.system import SystemClock, UuidGenerator
+from orderly.adapters.transports.local import LocalTransport
 from orderly.config import Settings
-from orderly.services.ports import Clock, IdGenerator, OrderViews, Tokens, UnitOfWork
+from orderly.services.consumer import ConsumerRuntime, Handler, RetryPolicy, RuntimeOptions
+from orderly.services.dead_letters import DeadLetterDesk
+from orderly.services.messaging import Transport
+from orderly.services.order_processing import process_order_handler
+from orderly.services.ports import (
+    Alerts,
+    Clock,
+    IdGenerator,
+    MessageUnitOfWork,
+    OrderViews,
+    Tokens,
+    UnitOfWork,
+)
+from orderly.services.relay import Relay, RelayOptions
+
+TRANSPORT_SCHEMES = ("local", "redis", "rediss", "amqp", "amqps", "nats", "kafka")
+
+
+class UnknownTransport(ValueError):
+    """ORDERLY_BROKER_URL names no transport orderly has."""
 
 
 @dataclass
@@ -30,11 +56,70 @@ class Container:
     tokens: Tokens
     clock: Clock
     ids: IdGenerator
+    signal: OutboxSignal = field(default_factory=OutboxSignal)
+    worker_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
 
     def uow(self) -> UnitOfWork:
         if self.engine.dialect.name == "postgresql":
             return PgUnitOfWork(self.engine)
-        return SqlUnitOfWork(self.engine)
+        return SqlUnitOfWork(self.engine, self.signal.notify)
+
+    def message_uow(self) -> MessageUnitOfWork:
+        return SqlUnitOfWork(self.engine, self.signal.notify)
+
+    def outbox_queue(self) -> OutboxQueue:
+        return OutboxQueue(
+            self.engine, clock=self.clock, worker_id=self.worker_id, signal=self.signal
+        )
+
+    def transport(self) -> Transport:
+        """The transport ORDERLY_BROKER_URL names (connects to nothing yet)."""
+        return build_transport(self.settings, self.outbox_queue())
+
+    def alerts(self) -> Alerts:
+        url = self.settings.alert_webhook_url
+        return WebhookAlerts(url) if url else LogAlerts()
+
+    def handlers(self) -> list[Handler]:
+        policy = RetryPolicy(
+            attempts=self.settings.retry_attempts,
+            base_delay=self.settings.retry_base_delay_seconds,
+            timeout=self.settings.handler_timeout_seconds,
+        )
+        return [process_order_handler(self.clock, policy)]
+
+    def consumer_runtime(
+        self, transport: Transport, handlers: list[Handler] | None = None
+    ) -> ConsumerRuntime:
+        options = RuntimeOptions(lanes=self.settings.worker_lanes, batch=self.settings.worker_batch)
+        return ConsumerRuntime(
+            transport,
+            self.message_uow,
+            self.handlers() if handlers is None else handlers,
+            clock=self.clock,
+            alerts=self.alerts(),
+            options=options,
+        )
+
+    def relay(self, transport: Transport) -> Relay:
+        options = RelayOptions(
+            batch=self.settings.relay_batch,
+            lease=self.settings.redelivery_after_seconds,
+            max_attempts=self.settings.relay_max_attempts,
+        )
+        return Relay(
+            self.outbox_queue(),
+            transport,
+            self.message_uow,
+            clock=self.clock,
+            alerts=self.alerts(),
+            options=options,
+        )
+
+    def dead_letter_desk(self) -> DeadLetterDesk:
+        return DeadLetterDesk(self.message_uow, self.clock)
 
     @property
     def idempotency_ttl(self) -> timedelta:
@@ -51,6 +136,36 @@ class Container:
 
     async def close(self) -> None:
         await dispose_engine(self.engine)
+
+
+def build_transport(settings: Settings, queue: OutboxQueue) -> Transport:
+    """Pick the transport by the broker URL's scheme; broker libraries load only when chosen."""
+    url = settings.broker_url
+    scheme = urlsplit(url).scheme
+    namespace = settings.broker_namespace
+    redelivery = settings.redelivery_after_seconds
+    if scheme == "local":
+        return LocalTransport(queue, lease=redelivery)
+    if scheme in ("redis", "rediss"):
+        from orderly.adapters.transports.redis_streams import RedisStreamsTransport
+
+        return RedisStreamsTransport(url, namespace=namespace, redelivery_after=redelivery)
+    if scheme in ("amqp", "amqps"):
+        from orderly.adapters.transports.rabbitmq import RabbitMqTransport
+
+        return RabbitMqTransport(url, namespace=namespace, redelivery_after=redelivery)
+    if scheme == "nats":
+        from orderly.adapters.transports.nats_jetstream import NatsJetStreamTransport
+
+        return NatsJetStreamTransport(url, namespace=namespace, redelivery_after=redelivery)
+    if scheme == "kafka":
+        from orderly.adapters.transports.kafka import KafkaTransport
+
+        return KafkaTransport(url, namespace=namespace, redelivery_after=redelivery)
+    raise UnknownTransport(
+        f"ORDERLY_BROKER_URL: unknown scheme {scheme!r} in {url!r}; "
+        f"expected one of {', '.join(s + '://' for s in TRANSPORT_SCHEMES)}"
+    )
 
 
 def configure_logging(settings: Settings) -> None:

@@ -30,6 +30,17 @@ class Settings(BaseSettings):
     idempotency_purge_interval_seconds: float = Field(default=300, gt=0)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
+    broker_namespace: str = Field(default="orderly", pattern=r"^[a-z][a-z0-9_-]{0,39}$")
+    worker_lanes: int = Field(default=16, ge=1, le=256)
+    worker_batch: int = Field(default=64, ge=1, le=1000)
+    redelivery_after_seconds: float = Field(default=30.0, gt=0)
+    retry_attempts: int = Field(default=3, ge=1, le=50)
+    retry_base_delay_seconds: float = Field(default=2.0, ge=0)
+    handler_timeout_seconds: float = Field(default=30.0, gt=0)
+    relay_batch: int = Field(default=256, ge=1, le=5000)
+    relay_max_attempts: int = Field(default=10, ge=1)
+    alert_webhook_url: str | None = None
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"

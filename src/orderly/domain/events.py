@@ -35,3 +35,5 @@ class Message:
 
 
 ORDER_PLACED = "order.placed"
+ORDER_CONFIRMED = "order.confirmed"
+ORDER_FAILED = "order.failed"

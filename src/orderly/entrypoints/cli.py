@@ -7,6 +7,7 @@ import gc
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import typer
 import uvicorn
@@ -16,9 +17,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from orderly.adapters.db.migrate import SchemaOutdated
-from orderly.bootstrap import Container, bootstrap, configure_logging
+from orderly.bootstrap import Container, UnknownTransport, bootstrap, configure_logging
 from orderly.config import InsecureSettings, Settings
 from orderly.entrypoints.api.app import create_app
+from orderly.entrypoints.worker import run_background, stop_on_signals
 from orderly.services import idempotency
 from orderly.services.ports import StorageUnavailable
 
@@ -61,7 +63,7 @@ def _one_line_errors(settings: Settings) -> Iterator[None]:
     """Turn the failures a user can cause (settings, an unreachable database) into one line."""
     try:
         yield
-    except (SchemaOutdated, StorageUnavailable, OSError) as exc:
+    except (SchemaOutdated, StorageUnavailable, UnknownTransport, OSError) as exc:
         raise _fail(str(exc)) from exc
     except ArgumentError as exc:
         raise _fail(f"bad settings: ORDERLY_DATABASE_URL: {exc}") from exc
@@ -83,7 +85,7 @@ def _with_container(settings: Settings, work: Callable[[Container], Awaitable[T]
         return asyncio.run(run())
 
 
-def _serve(settings: Settings, *, prepare: bool) -> None:
+def _serve(settings: Settings, *, prepare: bool, background: bool) -> None:
     configure_logging(settings)
 
     async def serve() -> None:
@@ -114,7 +116,18 @@ def _serve(settings: Settings, *, prepare: bool) -> None:
                 f"(API docs at /docs; database {_redact(settings.database_url)})",
                 highlight=False,
             )
-            await uvicorn.Server(config).serve()
+            stop = asyncio.Event()
+            workers = (
+                asyncio.create_task(run_background(container, stop, consume=True, relay=True))
+                if background
+                else None
+            )
+            try:
+                await uvicorn.Server(config).serve()
+            finally:
+                stop.set()
+                if workers is not None:
+                    await workers
         finally:
             await container.close()
 
@@ -145,14 +158,47 @@ Port = Annotated[int | None, typer.Option(help="Port to listen on.")]
 
 @app.command()
 def up(host: Host = None, port: Port = None) -> None:
-    """Run everything in one process: migrate, seed the demo catalogue, serve API and UI."""
-    _serve(_settings(host=host, port=port), prepare=True)
+    """Run everything in one process: migrate, seed, serve API and UI, process orders."""
+    _serve(_settings(host=host, port=port), prepare=True, background=True)
 
 
 @app.command()
 def api(host: Host = None, port: Port = None) -> None:
     """Serve the HTTP API only (the schema must be migrated already)."""
-    _serve(_settings(host=host, port=port), prepare=False)
+    _serve(_settings(host=host, port=port), prepare=False, background=False)
+
+
+def _run_background(*, consume: bool, relay: bool) -> None:
+    settings = _settings()
+    configure_logging(settings)
+
+    async def work(container: Container) -> None:
+        await container.check_schema()
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await run_background(container, stop, consume=consume, relay=relay)
+
+    with _one_line_errors(settings), asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        container = bootstrap(settings)
+        try:
+            runner.run(work(container))
+        finally:
+            runner.run(container.close())
+
+
+@app.command()
+def worker() -> None:
+    """Process messages (orders) until stopped: the consumer runtime on ORDERLY_BROKER_URL."""
+    _run_background(consume=True, relay=False)
+
+
+@app.command()
+def relay() -> None:
+    """Move committed outbox messages to the broker until stopped (not needed for local://)."""
+    settings = _settings()
+    if urlsplit(settings.broker_url).scheme == "local":
+        raise _fail("the local:// transport needs no relay: the outbox table is its queue")
+    _run_background(consume=False, relay=True)
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +12,7 @@ from typing import Any, Protocol, Self
 from orderly.domain.catalogue import Product, StockLevel
 from orderly.domain.events import Message
 from orderly.domain.orders import PlacedOrder
+from orderly.domain.processing import Allocation, StoredOrder, Transition
 from orderly.services.idempotency_types import (
     ClaimResult,
     IdempotencyScope,
@@ -135,6 +137,191 @@ class UnitOfWork(Protocol):
 
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+
+class OrderStateRepository(Protocol):
+    """Orders as message handlers read and move them."""
+
+    async def load(self, order_id: str) -> StoredOrder | None: ...
+
+    async def apply(self, transition: Transition) -> bool:
+        """Move the order and append the event, only if it is still at ``from_version``."""
+        ...
+
+
+class StockRepository(Protocol):
+    """Conditional stock movements: on_hand never drops below reserved or zero."""
+
+    async def take(self, sku: str, quantity: int) -> list[Allocation] | None:
+        """Take ``quantity`` units by warehouse priority, all or nothing; None if short."""
+        ...
+
+    async def put_back(self, allocation: Allocation) -> None: ...
+
+
+class KeyStatusRepository(Protocol):
+    async def follow(self, resource_id: str, status: str) -> None:
+        """Record the resource's new status on the idempotency key that created it."""
+        ...
+
+
+class Inbox(Protocol):
+    """Which consumer has already applied which message."""
+
+    async def record(self, consumer: str, message_id: str, now: datetime) -> bool:
+        """Mark the message processed for ``consumer``; False if it already was."""
+        ...
+
+
+class DeliveryAcks(Protocol):
+    """Acknowledgement inside the handler's transaction (the local transport's outbox rows)."""
+
+    async def acknowledge(self, handle: object, now: datetime) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FailedAttempt:
+    consumer: str
+    message_id: str
+    type: str
+    correlation_id: str
+    attempt: int
+    error: str
+    permanent: bool
+    failed_at: datetime
+
+
+class FailureLog(Protocol):
+    """Every failed attempt of every message, for dead letters and an order's trail."""
+
+    async def record(self, failure: FailedAttempt) -> None: ...
+
+    async def history(self, consumer: str, message_id: str) -> list[FailedAttempt]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewDeadLetter:
+    consumer: str
+    message: Message
+    error: str
+    traceback: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    context: JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    id: int
+    dead_letter_id: int
+    requested_by: str
+    requested_at: datetime
+    result: str
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    consumer: str
+    message: Message
+    error: str
+    traceback: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    context: JSON
+    status: str
+    created_at: datetime
+    replays: tuple[Replay, ...] = ()
+
+
+class DeadLetterStore(Protocol):
+    """Messages that ran out of attempts, with their context, and their replays."""
+
+    async def add(self, letter: NewDeadLetter, now: datetime) -> int: ...
+
+    async def get(self, letter_id: int) -> DeadLetter | None: ...
+
+    async def list(
+        self, *, status: str | None, consumer: str | None, limit: int, after_id: int
+    ) -> list[DeadLetter]: ...
+
+    async def start_replay(self, letter_id: int, requested_by: str, now: datetime) -> int:
+        """Record a replay (result ``queued``) and mark the letter replayed; the replay's id."""
+        ...
+
+    async def finish_replay(self, replay_id: int, result: str, now: datetime) -> None: ...
+
+
+class MessageUnitOfWork(UnitOfWork, Protocol):
+    """The unit of work message handlers and the consumer runtime use."""
+
+    @property
+    def order_states(self) -> OrderStateRepository: ...
+
+    @property
+    def stock(self) -> StockRepository: ...
+
+    @property
+    def key_status(self) -> KeyStatusRepository: ...
+
+    @property
+    def inbox(self) -> Inbox: ...
+
+    @property
+    def acks(self) -> DeliveryAcks: ...
+
+    @property
+    def failures(self) -> FailureLog: ...
+
+    @property
+    def dead_letters(self) -> DeadLetterStore: ...
+
+
+MessageUnitOfWorkFactory = Callable[[], MessageUnitOfWork]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """An outbox row claimed for delivery: its row id, the message, retries so far."""
+
+    id: int
+    message: Message
+    attempts: int
+
+
+class OutboxQueue(Protocol):
+    """The outbox table seen as a queue (claims are leases)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def claim(
+        self, types: Collection[str] | None, limit: int, lease: float
+    ) -> list[QueuedMessage]: ...
+
+    async def mark_sent(self, ids: Sequence[int]) -> None: ...
+
+    async def release(self, ids: Sequence[int]) -> None: ...
+
+    async def reschedule(self, row_id: int, delay: float) -> None: ...
+
+    def waiter(self) -> asyncio.Event: ...
+
+    def forget(self, event: asyncio.Event) -> None: ...
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        """Until a new message may be there (a wake-up or a poll interval), at most timeout."""
+        ...
+
+
+class Alerts(Protocol):
+    """Tells a human that something needs them (a dead letter, a stuck order)."""
+
+    async def dead_lettered(self, letter: NewDeadLetter, letter_id: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

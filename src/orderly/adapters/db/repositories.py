@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -13,6 +13,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orderly.adapters.db.message_repositories import (
+    SqlDeadLetters,
+    SqlDeliveryAcks,
+    SqlFailureLog,
+    SqlInbox,
+    SqlKeyStatus,
+    SqlOrderStates,
+    SqlStock,
+)
 from orderly.adapters.db.tables import (
     idempotency_keys,
     order_events,
@@ -176,8 +185,10 @@ class SqlOrderRepository:
 class SqlOutbox:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self.added = 0
 
     async def add(self, message: Message) -> None:
+        self.added += 1
         await self._conn.execute(
             _INSERT_OUTBOX,
             {
@@ -317,17 +328,31 @@ class SqlInventoryRepository:
 
 
 class SqlUnitOfWork:
-    """One connection, one transaction; rolled back on exit unless committed."""
+    """One connection, one transaction; rolled back on exit unless committed.
+
+    ``on_outbox_commit`` is called after a commit that added outbox messages: the in-process
+    wake-up of the local transport on SQLite (PostgreSQL has LISTEN/NOTIFY).
+    """
 
     products: SqlProductRepository
     orders: SqlOrderRepository
     outbox: SqlOutbox
     idempotency: SqlIdempotencyStore
     inventory: SqlInventoryRepository
+    order_states: SqlOrderStates
+    stock: SqlStock
+    key_status: SqlKeyStatus
+    inbox: SqlInbox
+    acks: SqlDeliveryAcks
+    failures: SqlFailureLog
+    dead_letters: SqlDeadLetters
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self, engine: AsyncEngine, on_outbox_commit: Callable[[], None] | None = None
+    ) -> None:
         self._engine = engine
         self._conn: AsyncConnection | None = None
+        self._on_outbox_commit = on_outbox_commit
 
     async def __aenter__(self) -> Self:
         try:
@@ -347,6 +372,13 @@ class SqlUnitOfWork:
         self.outbox = SqlOutbox(conn)
         self.idempotency = SqlIdempotencyStore(conn)
         self.inventory = SqlInventoryRepository(conn)
+        self.order_states = SqlOrderStates(conn)
+        self.stock = SqlStock(conn)
+        self.key_status = SqlKeyStatus(conn)
+        self.inbox = SqlInbox(conn)
+        self.acks = SqlDeliveryAcks(conn)
+        self.failures = SqlFailureLog(conn)
+        self.dead_letters = SqlDeadLetters(conn)
         return self
 
     async def __aexit__(
@@ -370,3 +402,6 @@ class SqlUnitOfWork:
         if self._conn is None:
             raise RuntimeError("commit() outside the unit of work")
         await self._conn.commit()
+        if self._on_outbox_commit is not None and self.outbox.added:
+            self.outbox.added = 0
+            self._on_outbox_commit()

@@ -145,7 +145,8 @@ outbox_messages = sa.Table(
     "outbox_messages",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("message_id", sa.String(36), nullable=False, unique=True),
+    # Not unique: a message replayed from the dead-letter store is queued again under its id.
+    sa.Column("message_id", sa.String(36), nullable=False, index=True),
     sa.Column("type", sa.String(64), nullable=False),
     sa.Column("key", sa.String(64), nullable=False),
     sa.Column("payload", Json, nullable=False),
@@ -164,6 +165,67 @@ outbox_messages = sa.Table(
         postgresql_where=sa.text("sent_at IS NULL"),
         sqlite_where=sa.text("sent_at IS NULL"),
     ),
+)
+
+processed_messages = sa.Table(
+    "processed_messages",
+    metadata,
+    sa.Column("consumer", sa.String(64), primary_key=True),
+    sa.Column("message_id", sa.String(36), primary_key=True),
+    sa.Column("processed_at", UtcDateTime, nullable=False),
+)
+
+message_failures = sa.Table(
+    "message_failures",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("consumer", sa.String(64), nullable=False),
+    sa.Column("message_id", sa.String(36), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("correlation_id", sa.String(64), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("permanent", sa.Boolean, nullable=False),
+    sa.Column("failed_at", UtcDateTime, nullable=False),
+    sa.Index("ix_message_failures_message", "consumer", "message_id"),
+    sa.Index("ix_message_failures_correlation", "correlation_id"),
+)
+
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("consumer", sa.String(64), nullable=False),
+    sa.Column("message_id", sa.String(36), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("key", sa.String(64), nullable=False),
+    sa.Column("correlation_id", sa.String(64), nullable=False),
+    sa.Column("causation_id", sa.String(64)),
+    sa.Column("payload", Json, nullable=False),
+    sa.Column("headers", Json, nullable=False),
+    sa.Column("message_created_at", UtcDateTime, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("traceback", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("first_failed_at", UtcDateTime, nullable=False),
+    sa.Column("last_failed_at", UtcDateTime, nullable=False),
+    sa.Column("context", Json, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index("ix_dead_letters_status_created", "status", "created_at"),
+    sa.Index("ix_dead_letters_correlation", "correlation_id"),
+)
+
+dead_letter_replays = sa.Table(
+    "dead_letter_replays",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("dead_letter_id", BigId, sa.ForeignKey("dead_letters.id"), nullable=False),
+    sa.Column("requested_by", sa.String(128), nullable=False),
+    sa.Column("requested_at", UtcDateTime, nullable=False),
+    sa.Column("result", sa.String(32), nullable=False),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Index("ix_dead_letter_replays_letter", "dead_letter_id"),
 )
 
 

@@ -1,0 +1,279 @@
+"""The outbox table used as a queue: claims with leases, and wake-ups when rows arrive.
+
+Claiming is one statement on both databases: ``UPDATE … WHERE id IN (SELECT … LIMIT n)
+RETURNING``; PostgreSQL adds ``FOR UPDATE SKIP LOCKED`` so competing workers take different rows
+without waiting, SQLite has a single writer anyway. A claim is a lease: a process that dies
+holding rows loses them when ``claimed_until`` passes and another process claims them again.
+
+Wake-ups: on PostgreSQL a trigger NOTIFYs ``orderly_outbox`` on every insert (migration 0002)
+and this module LISTENs on its own connection; on SQLite, units of work in the same process
+signal an ``OutboxSignal``. Both fall back to polling, which also catches retries coming due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Collection, Sequence
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orderly.adapters.db.tables import outbox_messages
+from orderly.domain.events import Message
+from orderly.services.ports import Clock, QueuedMessage, StorageUnavailable
+
+log = structlog.get_logger("orderly.outbox")
+
+NOTIFY_CHANNEL = "orderly_outbox"
+DB_ERRORS = (OperationalError, InterfaceError, DBAPIError, OSError, asyncpg.PostgresError)
+
+_o = outbox_messages.c
+_RETURNED = (
+    _o.id,
+    _o.message_id,
+    _o.type,
+    _o.key,
+    _o.payload,
+    _o.headers,
+    _o.correlation_id,
+    _o.causation_id,
+    _o.created_at,
+    _o.attempts,
+)
+
+
+class OutboxSignal:
+    """In-process wake-ups: every registered waiter is woken when messages are committed."""
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Event] = set()
+
+    def waiter(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiters.add(event)
+        return event
+
+    def forget(self, event: asyncio.Event) -> None:
+        self._waiters.discard(event)
+
+    def notify(self) -> None:
+        for event in self._waiters:
+            event.set()
+
+
+def _claim_statement(dialect: str, with_types: bool) -> Any:
+    pending = (
+        sa.select(_o.id)
+        .where(
+            _o.sent_at.is_(None),
+            _o.available_at <= sa.bindparam("now"),
+            sa.or_(_o.claimed_until.is_(None), _o.claimed_until < sa.bindparam("now")),
+        )
+        .order_by(_o.id)
+        .limit(sa.bindparam("limit"))
+    )
+    if with_types:
+        pending = pending.where(_o.type.in_(sa.bindparam("types", expanding=True)))
+    if dialect == "postgresql":
+        pending = pending.with_for_update(skip_locked=True)
+    return (
+        outbox_messages.update()
+        .where(_o.id.in_(pending.scalar_subquery()))
+        .values(claimed_by=sa.bindparam("worker"), claimed_until=sa.bindparam("until"))
+        .returning(*_RETURNED)
+    )
+
+
+_CLAIM = {
+    (dialect, with_types): _claim_statement(dialect, with_types)
+    for dialect in ("postgresql", "sqlite")
+    for with_types in (True, False)
+}
+_MARK_SENT = (
+    outbox_messages.update()
+    .where(_o.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(sent_at=sa.bindparam("sent_at"), claimed_by=None, claimed_until=None)
+)
+_RELEASE = (
+    outbox_messages.update()
+    .where(_o.id.in_(sa.bindparam("ids", expanding=True)), _o.sent_at.is_(None))
+    .values(claimed_by=None, claimed_until=None)
+)
+_RESCHEDULE = (
+    outbox_messages.update()
+    .where(_o.id == sa.bindparam("_id"))
+    .values(
+        available_at=sa.bindparam("available_at"),
+        attempts=_o.attempts + 1,
+        claimed_by=None,
+        claimed_until=None,
+    )
+)
+_PENDING_COUNT = sa.select(sa.func.count()).select_from(outbox_messages).where(_o.sent_at.is_(None))
+
+
+class OutboxQueue:
+    """Claims, settles and waits for outbox rows; one per process is plenty."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Clock,
+        worker_id: str,
+        signal: OutboxSignal | None = None,
+        poll_interval: float = 0.25,
+    ) -> None:
+        self._engine = engine
+        self._clock = clock
+        self.worker_id = worker_id
+        self._signal = signal or OutboxSignal()
+        self._poll_interval = poll_interval
+        self._dialect = engine.dialect.name
+        self._listener: asyncpg.Connection | None = None
+
+    async def start(self) -> None:
+        """Start listening for NOTIFY (PostgreSQL); polling covers the rest if this fails."""
+        if self._dialect != "postgresql" or self._listener is not None:
+            return
+        url = make_url(self._engine.url).set(drivername="postgresql")
+        try:
+            listener = await asyncpg.connect(url.render_as_string(hide_password=False), timeout=5)
+            await listener.add_listener(NOTIFY_CHANNEL, self._notified)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("LISTEN failed, polling only", error=str(exc))
+            return
+        self._listener = listener
+
+    async def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            await listener.close(timeout=2)
+
+    def _notified(self, *_: object) -> None:
+        self._signal.notify()
+
+    def waiter(self) -> asyncio.Event:
+        return self._signal.waiter()
+
+    def forget(self, event: asyncio.Event) -> None:
+        self._signal.forget(event)
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        """Wait for a wake-up, at most ``timeout`` (and at most one poll interval)."""
+        if self._dialect == "postgresql" and (self._listener is None or self._listener.is_closed()):
+            self._listener = None
+            await self.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=min(timeout, self._poll_interval))
+
+    async def claim(
+        self, types: Collection[str] | None, limit: int, lease: float
+    ) -> list[QueuedMessage]:
+        now = self._clock.now()
+        params: dict[str, Any] = {
+            "now": now,
+            "limit": limit,
+            "worker": self.worker_id,
+            "until": now + timedelta(seconds=lease),
+        }
+        if types is not None:
+            params["types"] = list(types)
+        statement = _CLAIM[(self._dialect, types is not None)]
+        async with self._transaction() as conn:
+            rows = (await conn.execute(statement, params)).all()
+        rows.sort(key=lambda r: r.id)
+        return [
+            QueuedMessage(
+                id=r.id,
+                message=Message(
+                    id=r.message_id,
+                    type=r.type,
+                    key=r.key,
+                    payload=r.payload,
+                    created_at=r.created_at,
+                    correlation_id=r.correlation_id,
+                    causation_id=r.causation_id,
+                    headers=dict(r.headers),
+                ),
+                attempts=r.attempts,
+            )
+            for r in rows
+        ]
+
+    async def mark_sent(self, ids: Sequence[int]) -> None:
+        if ids:
+            async with self._transaction() as conn:
+                await conn.execute(_MARK_SENT, {"ids": list(ids), "sent_at": self._clock.now()})
+
+    async def release(self, ids: Sequence[int]) -> None:
+        if ids:
+            async with self._transaction() as conn:
+                await conn.execute(_RELEASE, {"ids": list(ids)})
+
+    async def reschedule(self, row_id: int, delay: float) -> None:
+        available_at = self._clock.now() + timedelta(seconds=delay)
+        async with self._transaction() as conn:
+            await conn.execute(_RESCHEDULE, {"_id": row_id, "available_at": available_at})
+
+    async def pending(self) -> int:
+        async with self._transaction() as conn:
+            return int((await conn.execute(_PENDING_COUNT)).scalar_one())
+
+    async def add(self, messages: Sequence[Message]) -> None:
+        """Queue messages directly (outside any business transaction)."""
+        if not messages:
+            return
+        async with self._transaction() as conn:
+            await conn.execute(
+                outbox_messages.insert(),
+                [
+                    {
+                        "message_id": m.id,
+                        "type": m.type,
+                        "key": m.key,
+                        "payload": m.payload,
+                        "headers": m.headers,
+                        "correlation_id": m.correlation_id,
+                        "causation_id": m.causation_id,
+                        "created_at": m.created_at,
+                        "available_at": self._clock.now(),
+                        "attempts": 0,
+                    }
+                    for m in messages
+                ],
+            )
+        self._signal.notify()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._engine)
+
+
+class _Transaction:
+    """``engine.begin()`` that reports an unreachable database as ``StorageUnavailable``."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._context: Any = None
+
+    async def __aenter__(self) -> Any:
+        self._context = self._engine.begin()
+        try:
+            return await self._context.__aenter__()
+        except DB_ERRORS as exc:
+            raise StorageUnavailable(str(exc)) from exc
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await self._context.__aexit__(*exc_info)
+        except DB_ERRORS as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        if isinstance(exc_info[1], OperationalError | InterfaceError):
+            raise StorageUnavailable(str(exc_info[1])) from exc_info[1]

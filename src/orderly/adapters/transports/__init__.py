@@ -1,0 +1,1 @@
+"""Transports: implementations of ``services.messaging.Transport``."""

@@ -1,0 +1,106 @@
+"""The local transport: the outbox table is the queue (SQLite or PostgreSQL, no other server).
+
+A message is delivered by claiming its outbox row (a lease), acknowledged by marking the row
+sent inside the handler's own transaction, retried by moving ``available_at`` forward and
+dead-lettered by marking it sent (the dead-letter store keeps it). Each message type goes to
+one consumer (no fan-out); rows are claimed in insertion order, but competing lanes and
+processes may finish them out of order, so no per-key order is promised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+
+from orderly.adapters.db.outbox_queue import OutboxQueue
+from orderly.domain.events import Message
+from orderly.services.messaging import Delivery, Subscription, TransportUnavailable
+from orderly.services.ports import StorageUnavailable
+
+
+class LocalTransport:
+    name = "local"
+    acks_in_transaction = True
+    needs_relay = False
+    fans_out = False
+    ordered_per_key = False
+
+    def __init__(self, queue: OutboxQueue, *, lease: float = 30.0) -> None:
+        self._queue = queue
+        self._lease = lease
+        self._owners: dict[str, str] = {}
+
+    async def connect(self) -> None:
+        await self._queue.start()
+        try:
+            await self._queue.pending()
+        except StorageUnavailable as exc:
+            raise TransportUnavailable(str(exc)) from exc
+
+    async def close(self) -> None:
+        await self._queue.stop()
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        try:
+            await self._queue.add(messages)
+        except StorageUnavailable as exc:
+            raise TransportUnavailable(str(exc)) from exc
+
+    async def subscribe(self, subscription: Subscription) -> None:
+        for type_ in subscription.types:
+            owner = self._owners.setdefault(type_, subscription.consumer)
+            if owner != subscription.consumer:
+                raise ValueError(
+                    f"the local transport delivers {type_!r} to one consumer ({owner!r})"
+                )
+
+    async def receive(
+        self, subscription: Subscription, max_messages: int, timeout: float
+    ) -> list[Delivery]:
+        loop_time = _loop_time()
+        deadline = loop_time + timeout
+        event = self._queue.waiter()
+        try:
+            while True:
+                event.clear()
+                try:
+                    rows = await self._queue.claim(subscription.types, max_messages, self._lease)
+                except StorageUnavailable as exc:
+                    raise TransportUnavailable(str(exc)) from exc
+                if rows:
+                    return [
+                        Delivery(row.message, row.attempts + 1, subscription, row.id)
+                        for row in rows
+                    ]
+                remaining = deadline - _loop_time()
+                if remaining <= 0:
+                    return []
+                await self._queue.wait(event, remaining)
+        finally:
+            self._queue.forget(event)
+
+    async def ack(self, delivery: Delivery) -> None:
+        await self._settle(self._queue.mark_sent([_row_id(delivery)]))
+
+    async def retry(self, delivery: Delivery, delay: float) -> None:
+        await self._settle(self._queue.reschedule(_row_id(delivery), delay))
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        await self._settle(self._queue.mark_sent([_row_id(delivery)]))
+
+    @staticmethod
+    async def _settle(work: Awaitable[None]) -> None:
+        try:
+            await work
+        except StorageUnavailable as exc:
+            raise TransportUnavailable(str(exc)) from exc
+
+
+def _row_id(delivery: Delivery) -> int:
+    if not isinstance(delivery.handle, int):
+        raise TypeError(f"not a local delivery: {delivery!r}")
+    return delivery.handle
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()

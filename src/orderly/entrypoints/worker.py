@@ -1,0 +1,65 @@
+"""Background processing entrypoints: the consumer runtime and the outbox relay.
+
+``orderly up`` runs both beside the API; ``orderly worker`` and ``orderly relay`` run them
+as their own processes. The relay only runs for transports that need one (not ``local://``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from orderly.bootstrap import Container
+from orderly.services.messaging import Transport, TransportUnavailable
+
+log = structlog.get_logger("orderly.worker")
+
+
+async def connect(transport: Transport, stop: asyncio.Event) -> bool:
+    """Connect, retrying with backoff while the broker is down; False if stopped first."""
+    pause = 0.5
+    while not stop.is_set():
+        try:
+            await transport.connect()
+            return True
+        except TransportUnavailable as exc:
+            log.warning(
+                "broker unavailable, retrying", transport=transport.name, error=str(exc), wait=pause
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=pause)
+            pause = min(pause * 2, 30.0)
+    return False
+
+
+async def run_background(
+    container: Container, stop: asyncio.Event, *, consume: bool, relay: bool
+) -> None:
+    """Run the consumer runtime and/or the relay until ``stop`` is set."""
+    transport = container.transport()
+    try:
+        if not await connect(transport, stop):
+            return
+        async with asyncio.TaskGroup() as group:
+            if consume:
+                group.create_task(container.consumer_runtime(transport).run(stop))
+            if relay and transport.needs_relay:
+                group.create_task(container.relay(transport).run(stop))
+            log.info(
+                "background processing started",
+                transport=transport.name,
+                consume=consume,
+                relay=relay and transport.needs_relay,
+                worker_id=container.worker_id,
+            )
+    finally:
+        await transport.close()
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)

@@ -1,0 +1,393 @@
+"""The consumer runtime: one behaviour above every transport.
+
+For each delivery, in ONE database transaction: record ``(consumer, message id)`` in the inbox
+(a duplicate is acknowledged and skipped), run the handler, and (local transport) acknowledge
+the outbox row; commit, then acknowledge to the broker. A failure is logged as an attempt; a
+transient one is retried after an exponential, jittered delay by the transport (never blocking
+other messages); a permanent one, or the last attempt, parks the message in the dead-letter
+store with its context, runs the handler's ``on_dead_letter`` (an order is failed), removes it
+from the transport and fires the alert hook.
+
+An unreachable database is not the message's fault: the delivery is kept and tried again when
+the database answers, without spending attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import traceback
+import zlib
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from orderly.domain.events import Message
+from orderly.services.messaging import (
+    H_REPLAY_OF,
+    Delivery,
+    Subscription,
+    Transport,
+    TransportUnavailable,
+)
+from orderly.services.ports import (
+    JSON,
+    Alerts,
+    Clock,
+    FailedAttempt,
+    MessageUnitOfWork,
+    MessageUnitOfWorkFactory,
+    NewDeadLetter,
+    StorageUnavailable,
+)
+
+log = structlog.get_logger("orderly.consumer")
+
+
+class PermanentError(Exception):
+    """A failure that no retry can fix (bad data, a broken invariant): dead-letter at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: ``base * 2**(attempt-1)``, stretched by up to ``jitter``.
+
+    Defaults follow seed 000 (BullMQ ``attempts: 3, backoff: 2s``): tries at 0 s, ~2 s, ~4 s.
+    """
+
+    attempts: int = 3
+    base_delay: float = 2.0
+    max_delay: float = 300.0
+    jitter: float = 0.25
+    timeout: float = 30.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed ``attempt`` (counting from 1); never below the base."""
+        exponential = min(self.base_delay * 2.0 ** (attempt - 1), self.max_delay)
+        return float(exponential * (1 + self.jitter * rng.random()))
+
+
+HandlerFn = Callable[[MessageUnitOfWork, Message], Awaitable[None]]
+DeadLetterFn = Callable[[MessageUnitOfWork, Message, str], Awaitable[JSON]]
+
+
+async def _no_context(uow: MessageUnitOfWork, message: Message, reason: str) -> JSON:
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A consumer: its durable name, the message types it handles, what it does with them.
+
+    ``on_dead_letter`` runs in the dead-letter transaction (fail the order, say) and returns
+    context stored with the letter.
+    """
+
+    consumer: str
+    types: frozenset[str]
+    handle: HandlerFn
+    policy: RetryPolicy = RetryPolicy()
+    on_dead_letter: DeadLetterFn = _no_context
+
+    @property
+    def subscription(self) -> Subscription:
+        return Subscription(self.consumer, self.types)
+
+
+@dataclass
+class RuntimeStats:
+    """Counters a benchmark or a metrics endpoint reads."""
+
+    processed: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    storage_waits: int = 0
+    by_consumer: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RuntimeOptions:
+    lanes: int = 16
+    batch: int = 64
+    receive_timeout: float = 1.0
+    max_backoff: float = 30.0
+    drain_timeout: float = 10.0
+
+
+class ConsumerRuntime:
+    """Receives deliveries for every handler and processes them in per-key lanes.
+
+    Messages with the same key go to the same lane, one at a time, so a transport that delivers
+    one key in order has it processed in order; different keys run concurrently.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        uow: MessageUnitOfWorkFactory,
+        handlers: Sequence[Handler],
+        *,
+        clock: Clock,
+        alerts: Alerts,
+        options: RuntimeOptions | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        _check_routing(transport, handlers)
+        self._transport = transport
+        self._uow = uow
+        self._handlers = list(handlers)
+        self._clock = clock
+        self._alerts = alerts
+        self._options = options or RuntimeOptions()
+        self._rng = rng or random.Random()
+        self.stats = RuntimeStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then finish what was received and return."""
+        await self._subscribe_all(stop)
+        async with asyncio.TaskGroup() as group:
+            for handler in self._handlers:
+                group.create_task(self._pump(handler, stop))
+
+    async def _subscribe_all(self, stop: asyncio.Event) -> None:
+        pause = 0.5
+        while not stop.is_set():
+            try:
+                for handler in self._handlers:
+                    await self._transport.subscribe(handler.subscription)
+                return
+            except TransportUnavailable as exc:
+                log.warning("transport unavailable, retrying", error=str(exc), wait=pause)
+                await _sleep_or_stop(stop, pause)
+                pause = min(pause * 2, self._options.max_backoff)
+
+    async def _pump(self, handler: Handler, stop: asyncio.Event) -> None:
+        options = self._options
+        lanes: list[asyncio.Queue[Delivery | None]] = [
+            asyncio.Queue(maxsize=options.batch) for _ in range(options.lanes)
+        ]
+        workers = [asyncio.create_task(self._lane(handler, lane)) for lane in lanes]
+        pause = 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    deliveries = await self._transport.receive(
+                        handler.subscription, options.batch, options.receive_timeout
+                    )
+                except TransportUnavailable as exc:
+                    log.warning(
+                        "receive failed, retrying",
+                        consumer=handler.consumer,
+                        error=str(exc),
+                        wait=pause,
+                    )
+                    await _sleep_or_stop(stop, pause)
+                    pause = min(pause * 2, options.max_backoff)
+                    continue
+                pause = 0.5
+                for delivery in deliveries:
+                    index = zlib.crc32(delivery.message.key.encode()) % len(lanes)
+                    await lanes[index].put(delivery)
+        finally:
+            for lane in lanes:
+                await lane.put(None)
+            _, unfinished = await asyncio.wait(workers, timeout=options.drain_timeout)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+
+    async def _lane(self, handler: Handler, lane: asyncio.Queue[Delivery | None]) -> None:
+        while (delivery := await lane.get()) is not None:
+            try:
+                await self.process(handler, delivery)
+            except TransportUnavailable as exc:
+                # The message stays unacknowledged; the transport hands it out again.
+                log.warning(
+                    "could not settle a delivery",
+                    consumer=handler.consumer,
+                    message_id=delivery.message.id,
+                    error=str(exc),
+                )
+            except Exception:
+                log.exception(
+                    "consumer runtime error",
+                    consumer=handler.consumer,
+                    message_id=delivery.message.id,
+                )
+
+    async def process(self, handler: Handler, delivery: Delivery) -> None:
+        """Apply one delivery exactly once, or account for its failure."""
+        try:
+            fresh = await self._while_storage_is_down(lambda: self._apply(handler, delivery))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._failed(handler, delivery, exc)
+            return
+        if not self._transport.acks_in_transaction:
+            await self._transport.ack(delivery)
+        self.stats.processed += 1
+        if not fresh:
+            self.stats.duplicates += 1
+
+    async def _apply(self, handler: Handler, delivery: Delivery) -> bool:
+        message = delivery.message
+        async with self._uow() as uow:
+            now = self._clock.now()
+            fresh = await uow.inbox.record(handler.consumer, message.id, now)
+            if fresh:
+                async with asyncio.timeout(handler.policy.timeout):
+                    await handler.handle(uow, message)
+            replay = _replay_id(message)
+            if replay is not None:
+                await uow.dead_letters.finish_replay(
+                    replay, "applied" if fresh else "already-applied", now
+                )
+            if self._transport.acks_in_transaction:
+                await uow.acks.acknowledge(delivery.handle, now)
+            await uow.commit()
+        if not fresh:
+            log.info("duplicate skipped", consumer=handler.consumer, message_id=message.id)
+        return fresh
+
+    async def _failed(self, handler: Handler, delivery: Delivery, exc: Exception) -> None:
+        message = delivery.message
+        permanent = isinstance(exc, PermanentError)
+        last = permanent or delivery.attempt >= handler.policy.attempts
+        error = f"{type(exc).__name__}: {exc}"
+        failure = FailedAttempt(
+            consumer=handler.consumer,
+            message_id=message.id,
+            type=message.type,
+            correlation_id=message.correlation_id,
+            attempt=delivery.attempt,
+            error=error,
+            permanent=permanent,
+            failed_at=self._clock.now(),
+        )
+        logger = log.bind(
+            consumer=handler.consumer,
+            message_id=message.id,
+            type=message.type,
+            correlation_id=message.correlation_id,
+            attempt=delivery.attempt,
+        )
+        if not last:
+            await self._while_storage_is_down(lambda: self._record_failure(failure))
+            delay = handler.policy.delay(delivery.attempt, self._rng)
+            logger.warning("handler failed, will retry", error=error, retry_in=round(delay, 3))
+            await self._transport.retry(delivery, delay)
+            self.stats.retried += 1
+            return
+        trace = "".join(traceback.format_exception(exc))
+        letter, letter_id = await self._while_storage_is_down(
+            lambda: self._park(handler, delivery, failure, trace)
+        )
+        await self._transport.dead_letter(delivery, error)
+        self.stats.dead_lettered += 1
+        logger.error(
+            "message dead-lettered", error=error, dead_letter_id=letter_id, permanent=permanent
+        )
+        try:
+            await self._alerts.dead_lettered(letter, letter_id)
+        except Exception:
+            logger.exception("alert hook failed")
+
+    async def _record_failure(self, failure: FailedAttempt) -> None:
+        async with self._uow() as uow:
+            await uow.failures.record(failure)
+            await uow.commit()
+
+    async def _park(
+        self, handler: Handler, delivery: Delivery, failure: FailedAttempt, trace: str
+    ) -> tuple[NewDeadLetter, int]:
+        message = delivery.message
+        try:
+            return await self._park_in(handler, delivery, failure, trace, run_hook=True)
+        except StorageUnavailable:
+            raise
+        except Exception:
+            # The hook itself failed: park the message anyway, never lose it.
+            log.exception("on_dead_letter failed", consumer=handler.consumer, message_id=message.id)
+            return await self._park_in(handler, delivery, failure, trace, run_hook=False)
+
+    async def _park_in(
+        self,
+        handler: Handler,
+        delivery: Delivery,
+        failure: FailedAttempt,
+        trace: str,
+        *,
+        run_hook: bool,
+    ) -> tuple[NewDeadLetter, int]:
+        message = delivery.message
+        async with self._uow() as uow:
+            await uow.failures.record(failure)
+            history = await uow.failures.history(handler.consumer, message.id)
+            context: JSON = {}
+            if run_hook:
+                context = await handler.on_dead_letter(uow, message, failure.error)
+            context["failures"] = [
+                {"attempt": f.attempt, "error": f.error, "failedAt": f.failed_at.isoformat()}
+                for f in history
+            ]
+            letter = NewDeadLetter(
+                consumer=handler.consumer,
+                message=message,
+                error=failure.error,
+                traceback=trace,
+                attempts=delivery.attempt,
+                first_failed_at=min((f.failed_at for f in history), default=failure.failed_at),
+                last_failed_at=failure.failed_at,
+                context=context,
+            )
+            letter_id = await uow.dead_letters.add(letter, failure.failed_at)
+            replay = _replay_id(message)
+            if replay is not None:
+                await uow.dead_letters.finish_replay(replay, "failed-again", failure.failed_at)
+            if self._transport.acks_in_transaction:
+                await uow.acks.acknowledge(delivery.handle, failure.failed_at)
+            await uow.commit()
+        return letter, letter_id
+
+    async def _while_storage_is_down(self, work: Callable[[], Awaitable[Any]]) -> Any:
+        pause = 0.5
+        while True:
+            try:
+                return await work()
+            except StorageUnavailable as exc:
+                self.stats.storage_waits += 1
+                log.warning("database unavailable, waiting", error=str(exc), wait=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self._options.max_backoff)
+
+
+def _replay_id(message: Message) -> int | None:
+    value = message.headers.get(H_REPLAY_OF)
+    return int(value) if value and value.isdigit() else None
+
+
+def _check_routing(transport: Transport, handlers: Collection[Handler]) -> None:
+    names = [h.consumer for h in handlers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two handlers share a consumer name: {sorted(names)}")
+    if transport.fans_out:
+        return
+    seen: dict[str, str] = {}
+    for handler in handlers:
+        for type_ in handler.types:
+            if type_ in seen:
+                raise ValueError(
+                    f"the {transport.name} transport delivers each type to one consumer; "
+                    f"{type_!r} is wanted by {seen[type_]!r} and {handler.consumer!r}"
+                )
+            seen[type_] = handler.consumer
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

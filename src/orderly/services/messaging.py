@@ -1,0 +1,125 @@
+"""Messaging port: what a transport must do, and the vocabulary the consumer runtime speaks.
+
+A transport only moves messages (a JSON payload plus headers) between processes and
+acknowledges them. Retries, backoff, dead-lettering, inbox deduplication and metrics belong to
+the consumer runtime (``services.consumer``) and are identical on every transport.
+
+Routing: a message is published by *type*. A subscription names a *consumer* (a durable
+name such as ``process-order``) and the types it handles. Every consumer subscribed to a type
+gets its own copy of each message of that type (where the transport fans out); competing
+processes of one consumer share the work. Retries and dead letters belong to one consumer:
+retrying a message for ``process-order`` never redelivers it to another consumer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from orderly.domain.events import Message
+
+# Header names carried by every message on every transport.
+H_MESSAGE_ID = "message-id"
+H_TYPE = "type"
+H_KEY = "key"
+H_CORRELATION_ID = "correlation-id"
+H_CAUSATION_ID = "causation-id"
+H_CREATED_AT = "created-at"
+H_ATTEMPT = "attempt"
+H_TRACEPARENT = "traceparent"
+H_REPLAY_OF = "replay-of"
+"""Set on a message re-sent from the dead-letter store: the replay record's id."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A durable consumer and the message types it handles."""
+
+    consumer: str
+    types: frozenset[str]
+
+    @classmethod
+    def of(cls, consumer: str, types: Collection[str]) -> Subscription:
+        return cls(consumer, frozenset(types))
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One delivery of a message to one consumer.
+
+    ``attempt`` counts from 1 and grows with every ``retry``; ``handle`` is the transport's own
+    receipt (a row id, a stream entry id, a broker message) and means nothing to anyone else.
+    """
+
+    message: Message
+    attempt: int
+    subscription: Subscription
+    handle: object = field(compare=False, repr=False)
+
+
+class TransportUnavailable(Exception):
+    """The broker (or database) cannot be reached right now; try again later."""
+
+
+class PublishRejected(Exception):
+    """The broker refused some messages for good (not a connection problem)."""
+
+    def __init__(self, message_ids: Sequence[str], reason: str) -> None:
+        super().__init__(f"{len(message_ids)} message(s) rejected: {reason}")
+        self.message_ids = tuple(message_ids)
+        self.reason = reason
+
+
+class Transport(Protocol):
+    """Moves messages between processes, at least once.
+
+    Contract (checked against every implementation by ``tests/contract/test_transports.py``):
+    - ``publish`` returns only once the broker has durably accepted every message;
+    - ``receive`` hands out each published message of a subscribed type to one process of each
+      subscribed consumer; a delivery not acknowledged (the process died) is handed out again
+      after the transport's lease / visibility timeout;
+    - ``retry`` hands the message to the same consumer again after at least ``delay`` seconds,
+      with ``attempt + 1``, without holding back other messages meanwhile;
+    - ``dead_letter`` removes the message from circulation for that consumer (and parks it in the
+      broker's own dead-letter queue where there is one);
+    - ``ack`` removes it from circulation for that consumer.
+    """
+
+    name: str
+    acks_in_transaction: bool
+    """True when the ack is a row update that the runtime makes inside the handler's own
+    transaction (``UnitOfWork.outbox.mark_delivered``); ``ack`` then does nothing."""
+    needs_relay: bool
+    """True when outbox rows must be moved to the broker by the relay; False when the outbox
+    table itself is the queue."""
+    fans_out: bool
+    """True when several consumers may subscribe to one type, each getting every message."""
+    ordered_per_key: bool
+    """True when messages with one key reach a consumer in publish order (one at a time)."""
+
+    async def connect(self) -> None:
+        """Open connections; raise ``TransportUnavailable`` if the broker cannot be reached."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Hand messages to the broker and wait for its confirmation of each."""
+        ...
+
+    async def subscribe(self, subscription: Subscription) -> None:
+        """Declare what the subscription needs (queues, groups, durable consumers); idempotent."""
+        ...
+
+    async def receive(
+        self, subscription: Subscription, max_messages: int, timeout: float
+    ) -> list[Delivery]:
+        """Up to ``max_messages`` deliveries, waiting at most ``timeout`` seconds for the first."""
+        ...
+
+    async def ack(self, delivery: Delivery) -> None: ...
+
+    async def retry(self, delivery: Delivery, delay: float) -> None: ...
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
