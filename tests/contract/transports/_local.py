@@ -1,0 +1,37 @@
+"""Shared by the two local-transport modules: a migrated database per test namespace."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from orderly.adapters.db.engine import create_engine, dispose_engine
+from orderly.adapters.db.migrate import upgrade
+from orderly.adapters.db.outbox_queue import OutboxQueue
+from orderly.adapters.system import SystemClock
+from orderly.adapters.transports.local import LocalTransport
+
+DATABASES: dict[str, str] = {}
+
+
+async def migrate(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await upgrade(engine)
+    finally:
+        await dispose_engine(engine)
+
+
+@asynccontextmanager
+async def local_transport(url: str, redelivery_after: float) -> AsyncIterator[LocalTransport]:
+    """A transport on its own engine, as a separate process would have."""
+    engine = create_engine(url, pool_size=5)
+    queue = OutboxQueue(engine, clock=SystemClock(), worker_id=f"w-{uuid.uuid4().hex[:8]}")
+    transport = LocalTransport(queue, lease=redelivery_after)
+    try:
+        await transport.connect()
+        yield transport
+    finally:
+        await transport.close()
+        await dispose_engine(engine)

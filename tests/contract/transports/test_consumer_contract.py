@@ -1,0 +1,295 @@
+"""The consumer runtime's promises, on every transport's real server and a real database.
+
+Applied exactly once (inbox), retried with backoff, dead-lettered after N attempts with its
+context and an alert, replayable through the same inbox. The handler's effect is a stock
+movement, so "exactly once" is checked on data, not on counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from orderly.adapters.db.engine import create_engine, dispose_engine
+from orderly.adapters.db.repositories import SqlUnitOfWork
+from orderly.adapters.db.tables import stock
+from orderly.adapters.system import SystemClock
+from orderly.domain.events import Message
+from orderly.domain.processing import Allocation
+from orderly.services.consumer import (
+    ConsumerRuntime,
+    Handler,
+    PermanentError,
+    RetryPolicy,
+    RuntimeOptions,
+)
+from orderly.services.dead_letters import DeadLetterDesk, NotReplayable
+from orderly.services.messaging import Transport
+from orderly.services.ports import JSON, MessageUnitOfWork, NewDeadLetter
+from tests.contract.transports.conftest import OpenTransport
+
+pytestmark = pytest.mark.timeout(90)
+
+SKU, WAREHOUSE, START = "PROD-006", "WH-AUS", 50
+TYPE = "test.stock-added"
+
+
+@dataclass
+class RecordingAlerts:
+    letters: list[tuple[NewDeadLetter, int]] = field(default_factory=list)
+
+    async def dead_lettered(self, letter: NewDeadLetter, letter_id: int) -> None:
+        self.letters.append((letter, letter_id))
+
+
+@dataclass
+class Switch:
+    """What the test handler does: fail (transiently or for good) or apply its effect."""
+
+    failing: bool = False
+    permanent: bool = False
+    calls: list[tuple[str, float]] = field(default_factory=list)
+
+
+def stock_adding_handler(switch: Switch, policy: RetryPolicy) -> Handler:
+    async def handle(uow: MessageUnitOfWork, message: Message) -> None:
+        switch.calls.append((message.id, time.monotonic()))
+        if switch.failing:
+            if switch.permanent:
+                raise PermanentError("this message can never work")
+            raise ConnectionError("the downstream service is down")
+        await uow.stock.put_back(Allocation(SKU, WAREHOUSE, int(message.payload["n"])))
+
+    async def on_dead_letter(uow: MessageUnitOfWork, message: Message, reason: str) -> JSON:
+        return {"n": message.payload["n"]}
+
+    return Handler("stock-adder", frozenset({TYPE}), handle, policy, on_dead_letter)
+
+
+def adding(n: int = 1, message_id: str | None = None) -> Message:
+    key = f"order-{uuid.uuid4().hex[:6]}"
+    return Message(
+        id=message_id or str(uuid.uuid4()),
+        type=TYPE,
+        key=key,
+        payload={"n": n},
+        created_at=datetime.now(UTC),
+        correlation_id=key,
+    )
+
+
+@dataclass
+class Harness:
+    runtime: ConsumerRuntime
+    alerts: RecordingAlerts
+    desk: DeadLetterDesk
+    on_hand: Callable[[], Awaitable[int]]
+
+
+@asynccontextmanager
+async def running(
+    open_transport: OpenTransport, database_url: str, switch: Switch, policy: RetryPolicy
+) -> AsyncIterator[tuple[Harness, Transport]]:
+    engine = create_engine(database_url, pool_size=10)
+    alerts = RecordingAlerts()
+    stop = asyncio.Event()
+
+    def uow() -> MessageUnitOfWork:
+        return SqlUnitOfWork(engine)
+
+    async def on_hand() -> int:
+        async with engine.connect() as conn:
+            query = sa.select(stock.c.on_hand).where(
+                stock.c.sku == SKU, stock.c.warehouse_id == WAREHOUSE
+            )
+            return int((await conn.execute(query)).scalar_one())
+
+    try:
+        async with open_transport(redelivery_after=5.0) as transport:
+            runtime = ConsumerRuntime(
+                transport,
+                uow,
+                [stock_adding_handler(switch, policy)],
+                clock=SystemClock(),
+                alerts=alerts,
+                options=RuntimeOptions(lanes=4, batch=16, receive_timeout=0.3),
+            )
+            task = asyncio.create_task(runtime.run(stop))
+            harness = Harness(runtime, alerts, DeadLetterDesk(uow, SystemClock()), on_hand)
+            try:
+                yield harness, transport
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, timeout=20)
+    finally:
+        await dispose_engine(engine)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+FAST = RetryPolicy(attempts=3, base_delay=0.5, jitter=0.0, timeout=10)
+
+
+async def test_each_message_is_applied_exactly_once(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    switch = Switch()
+    async with running(open_transport, runtime_database, switch, FAST) as (harness, transport):
+        sent = [adding(n) for n in range(1, 21)]
+        await transport.publish(sent)
+
+        async def all_applied() -> bool:
+            return await harness.on_hand() == START + sum(range(1, 21))
+
+        await eventually(all_applied)
+        await asyncio.sleep(0.5)
+        assert await harness.on_hand() == START + sum(range(1, 21))
+        assert harness.runtime.stats.processed == 20
+
+
+async def test_a_duplicated_message_is_skipped_by_the_inbox(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    switch = Switch()
+    async with running(open_transport, runtime_database, switch, FAST) as (harness, transport):
+        twice = adding(5)
+        await transport.publish([twice])
+        await transport.publish([twice])
+
+        async def both_seen() -> bool:
+            return harness.runtime.stats.processed == 2
+
+        await eventually(both_seen)
+        assert await harness.on_hand() == START + 5
+        assert harness.runtime.stats.duplicates == 1
+
+
+async def test_a_failing_message_is_retried_with_backoff_then_dead_lettered(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    switch = Switch(failing=True)
+    async with running(open_transport, runtime_database, switch, FAST) as (harness, transport):
+        doomed = adding(7)
+        await transport.publish([doomed])
+
+        async def parked() -> bool:
+            return len(harness.alerts.letters) == 1
+
+        await eventually(parked)
+        await asyncio.sleep(1.5)
+
+        times = [at for message_id, at in switch.calls if message_id == doomed.id]
+        assert len(times) == 3, "3 attempts, then no more"
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        assert gaps[0] >= 0.45, f"first backoff 0.5 s, got {gaps}"
+        assert gaps[1] >= 0.95, f"second backoff 1 s, got {gaps}"
+
+        letter, letter_id = harness.alerts.letters[0]
+        assert letter.attempts == 3
+        assert "ConnectionError" in letter.error
+        stored = await harness.desk.show(letter_id)
+        assert stored.message == doomed
+        assert stored.status == "parked"
+        assert stored.context["n"] == 7
+        assert [f["attempt"] for f in stored.context["failures"]] == [1, 2, 3]
+        assert stored.first_failed_at < stored.last_failed_at
+        assert "ConnectionError" in stored.traceback
+        assert await harness.on_hand() == START
+
+
+async def test_a_permanent_error_is_dead_lettered_without_retries(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    switch = Switch(failing=True, permanent=True)
+    async with running(open_transport, runtime_database, switch, FAST) as (harness, transport):
+        await transport.publish([adding(3)])
+
+        async def parked() -> bool:
+            return len(harness.alerts.letters) == 1
+
+        await eventually(parked)
+        await asyncio.sleep(1.0)
+        assert len(switch.calls) == 1
+        assert harness.alerts.letters[0][0].attempts == 1
+
+
+async def test_a_replay_applies_once_and_a_second_replay_is_refused(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    switch = Switch(failing=True, permanent=True)
+    async with running(open_transport, runtime_database, switch, FAST) as (harness, transport):
+        await transport.publish([adding(4)])
+
+        async def parked() -> bool:
+            return len(harness.alerts.letters) == 1
+
+        await eventually(parked)
+        letter_id = harness.alerts.letters[0][1]
+        switch.failing = False
+
+        dry = await harness.desk.replay(letter_id, requested_by="ops", dry_run=True)
+        assert dry.replay_id is None
+        assert await harness.on_hand() == START
+        outcome = await harness.desk.replay(letter_id, requested_by="ops")
+
+        async def applied() -> bool:
+            return await harness.on_hand() == START + 4
+
+        await eventually(applied)
+        stored = await harness.desk.show(letter_id)
+        assert stored.status == "replayed"
+        [replay] = stored.replays
+        assert replay.id == outcome.replay_id
+        assert replay.requested_by == "ops"
+        assert replay.result == "applied"
+        with pytest.raises(NotReplayable):
+            await harness.desk.replay(letter_id, requested_by="ops")
+
+
+async def test_replaying_a_message_whose_effect_was_applied_changes_nothing(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    switch = Switch(failing=True, permanent=True)
+    async with running(open_transport, runtime_database, switch, FAST) as (harness, transport):
+        parked_message = adding(6)
+        await transport.publish([parked_message])
+
+        async def parked() -> bool:
+            return len(harness.alerts.letters) == 1
+
+        await eventually(parked)
+        # The same message arrives again (a producer retry) and, the fault fixed, is applied.
+        switch.failing = False
+        await transport.publish([parked_message])
+
+        async def applied() -> bool:
+            return await harness.on_hand() == START + 6
+
+        await eventually(applied)
+        letter_id = harness.alerts.letters[0][1]
+        await harness.desk.replay(letter_id, requested_by="ops")
+
+        async def settled() -> bool:
+            stored = await harness.desk.show(letter_id)
+            return stored.replays[0].result != "queued"
+
+        await eventually(settled)
+        stored = await harness.desk.show(letter_id)
+        assert stored.replays[0].result == "already-applied"
+        assert await harness.on_hand() == START + 6
