@@ -99,7 +99,8 @@ async def key_status(backend: Backend, order_id: str) -> str | None:
         query = sa.select(idempotency_keys.c.resource_status).where(
             idempotency_keys.c.resource_id == order_id
         )
-        return (await conn.execute(query)).scalar_one()
+        status: str | None = (await conn.execute(query)).scalar_one()
+        return status
 
 
 async def test_an_order_in_stock_is_confirmed_and_its_stock_taken(
