@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orderly.adapters.db.engine import create_engine, dispose_engine
@@ -112,12 +113,19 @@ class Deployment:
                 )
 
     async def scalar(self, query: str, **params: Any) -> Any:
-        async with self.engine.connect() as conn:
-            return (await conn.execute(sa.text(query), params)).scalar_one()
+        return (await self.rows(query, **params))[0][0]
 
     async def rows(self, query: str, **params: Any) -> list[Any]:
-        async with self.engine.connect() as conn:
-            return list(await conn.execute(sa.text(query), params))
+        for attempt in range(2):
+            try:
+                async with self.engine.connect() as conn:
+                    return list(await conn.execute(sa.text(query), params))
+            except DBAPIError:
+                # The test's own pooled connections die in a database outage too.
+                await self.engine.dispose()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     async def pending_orders(self) -> int:
         return int(await self.scalar("SELECT count(*) FROM orders WHERE status = 'PENDING'"))
@@ -170,13 +178,11 @@ async def place_orders(
     async with httpx.AsyncClient(base_url=base_url, timeout=30, trust_env=False) as client:
 
         async def one(body: dict[str, Any]) -> str:
+            # A well-behaved client: a 503 is retried later with the same Idempotency-Key.
+            key = {**headers, "Idempotency-Key": str(uuid.uuid4())}
             async with limit:
-                for _ in range(20):
-                    response = await client.post(
-                        "/api/orders",
-                        json=body,
-                        headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
-                    )
+                for _ in range(40):
+                    response = await client.post("/api/orders", json=body, headers=key)
                     if response.status_code != 503:
                         break
                     await asyncio.sleep(0.5)

@@ -13,17 +13,22 @@ import signal
 import structlog
 
 from orderly.bootstrap import Container
-from orderly.services.messaging import Transport, TransportUnavailable
+from orderly.services.messaging import Subscription, Transport, TransportUnavailable
 
 log = structlog.get_logger("orderly.worker")
 
 
-async def connect(transport: Transport, stop: asyncio.Event) -> bool:
-    """Connect, retrying with backoff while the broker is down; False if stopped first."""
+async def connect(
+    transport: Transport, stop: asyncio.Event, subscriptions: list[Subscription]
+) -> bool:
+    """Connect and declare ``subscriptions``, retrying with backoff while the broker is down;
+    False if stopped first."""
     pause = 0.5
     while not stop.is_set():
         try:
             await transport.connect()
+            for subscription in subscriptions:
+                await transport.subscribe(subscription)
             return True
         except TransportUnavailable as exc:
             log.warning(
@@ -41,7 +46,10 @@ async def run_background(
     """Run the consumer runtime and/or the relay until ``stop`` is set."""
     transport = container.transport()
     try:
-        if not await connect(transport, stop):
+        # Queues and groups exist before the first message is relayed: a broker such as
+        # RabbitMQ refuses a message no queue is bound for.
+        subscriptions = [h.subscription for h in container.handlers()] if relay else []
+        if not await connect(transport, stop, subscriptions):
             return
         async with asyncio.TaskGroup() as group:
             if consume:

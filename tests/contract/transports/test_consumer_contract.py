@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from orderly.adapters.db.engine import create_engine, dispose_engine
+from orderly.adapters.db.outbox_queue import OutboxQueue
 from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.tables import stock
 from orderly.adapters.system import SystemClock
@@ -35,6 +36,7 @@ from orderly.services.consumer import (
 from orderly.services.dead_letters import DeadLetterDesk, NotReplayable
 from orderly.services.messaging import Transport
 from orderly.services.ports import JSON, MessageUnitOfWork, NewDeadLetter
+from orderly.services.relay import Relay
 from tests.contract.transports.conftest import OpenTransport
 
 pytestmark = pytest.mark.timeout(90)
@@ -115,21 +117,29 @@ async def running(
 
     try:
         async with open_transport(redelivery_after=5.0) as transport:
+            handler = stock_adding_handler(switch, policy)
             runtime = ConsumerRuntime(
                 transport,
                 uow,
-                [stock_adding_handler(switch, policy)],
+                [handler],
                 clock=SystemClock(),
                 alerts=alerts,
                 options=RuntimeOptions(lanes=4, batch=16, receive_timeout=0.3),
             )
-            task = asyncio.create_task(runtime.run(stop))
+            # Declared before anything is published (RabbitMQ drops what no queue is bound for).
+            await transport.subscribe(handler.subscription)
+            tasks = [asyncio.create_task(runtime.run(stop))]
+            if transport.needs_relay:
+                # Replays go back through the outbox, which the relay moves to the broker.
+                queue = OutboxQueue(engine, clock=SystemClock(), worker_id="contract-relay")
+                relay = Relay(queue, transport, uow, clock=SystemClock(), alerts=alerts)
+                tasks.append(asyncio.create_task(relay.run(stop)))
             harness = Harness(runtime, alerts, DeadLetterDesk(uow, SystemClock()), on_hand)
             try:
                 yield harness, transport
             finally:
                 stop.set()
-                await asyncio.wait_for(task, timeout=20)
+                await asyncio.wait_for(asyncio.gather(*tasks), timeout=20)
     finally:
         await dispose_engine(engine)
 

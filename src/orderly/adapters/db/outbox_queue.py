@@ -22,9 +22,9 @@ import asyncpg
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.tables import outbox_messages
 from orderly.domain.events import Message
 from orderly.services.ports import Clock, QueuedMessage, StorageUnavailable
@@ -32,7 +32,6 @@ from orderly.services.ports import Clock, QueuedMessage, StorageUnavailable
 log = structlog.get_logger("orderly.outbox")
 
 NOTIFY_CHANNEL = "orderly_outbox"
-DB_ERRORS = (OperationalError, InterfaceError, DBAPIError, OSError, asyncpg.PostgresError)
 
 _o = outbox_messages.c
 _RETURNED = (
@@ -267,13 +266,17 @@ class _Transaction:
         self._context = self._engine.begin()
         try:
             return await self._context.__aenter__()
-        except DB_ERRORS as exc:
+        except Exception as exc:
+            # Connecting only fails because the database cannot be reached or refuses us.
             raise StorageUnavailable(str(exc)) from exc
 
     async def __aexit__(self, *exc_info: Any) -> None:
         try:
             await self._context.__aexit__(*exc_info)
-        except DB_ERRORS as exc:
-            raise StorageUnavailable(str(exc)) from exc
-        if isinstance(exc_info[1], OperationalError | InterfaceError):
-            raise StorageUnavailable(str(exc_info[1])) from exc_info[1]
+        except Exception as exc:
+            if is_connection_problem(exc):
+                raise StorageUnavailable(str(exc)) from exc
+            raise
+        failure = exc_info[1]
+        if failure is not None and is_connection_problem(failure):
+            raise StorageUnavailable(str(failure)) from failure

@@ -16,9 +16,9 @@ from typing import Any, Self
 
 import asyncpg
 import orjson
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.pg_sql import (
     CLAIM_KEY,
     COMPLETE_KEY,
@@ -46,16 +46,6 @@ from orderly.services.idempotency_types import (
     StoredResponse,
 )
 from orderly.services.ports import StockChange, StorageUnavailable
-
-CONNECTION_ERRORS = (
-    OperationalError,
-    InterfaceError,
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-)
 
 
 def _json(value: Any) -> str:
@@ -211,7 +201,8 @@ class PgUnitOfWork:
     async def __aenter__(self) -> Self:
         try:
             conn = await self._engine.connect()
-        except CONNECTION_ERRORS as exc:
+        except Exception as exc:
+            # Connecting only fails because the database cannot be reached or refuses us.
             raise StorageUnavailable(str(exc)) from exc
         try:
             raw = await conn.get_raw_connection()
@@ -219,8 +210,9 @@ class PgUnitOfWork:
             transaction = db.transaction()
             await transaction.start()
         except BaseException as exc:
-            await self._release(conn, broken=isinstance(exc, CONNECTION_ERRORS))
-            if isinstance(exc, CONNECTION_ERRORS):
+            broken = is_connection_problem(exc, socket_errors=True)
+            await self._release(conn, broken=broken)
+            if broken:
                 raise StorageUnavailable(str(exc)) from exc
             raise
         self._conn, self._transaction = conn, transaction
@@ -241,15 +233,16 @@ class PgUnitOfWork:
         self._conn = self._transaction = None
         if conn is None:
             return
-        broken = isinstance(exc, CONNECTION_ERRORS)
+        broken = exc is not None and is_connection_problem(exc, socket_errors=True)
         try:
             if transaction is not None and not broken:
                 await transaction.rollback()
-        except CONNECTION_ERRORS:
+        except Exception:
+            # A connection that cannot even roll back must never serve another request.
             broken = True
         finally:
             await self._release(conn, broken=broken)
-        if isinstance(exc, CONNECTION_ERRORS):
+        if broken and exc is not None:
             raise StorageUnavailable(str(exc)) from exc
 
     async def commit(self) -> None:
@@ -257,8 +250,10 @@ class PgUnitOfWork:
             raise RuntimeError("commit() outside the unit of work")
         try:
             await self._transaction.commit()
-        except CONNECTION_ERRORS as exc:
-            raise StorageUnavailable(str(exc)) from exc
+        except Exception as exc:
+            if is_connection_problem(exc, socket_errors=True):
+                raise StorageUnavailable(str(exc)) from exc
+            raise
         self._transaction = None
 
     @staticmethod

@@ -10,9 +10,9 @@ from typing import Any, Self
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.message_repositories import (
     SqlDeadLetters,
     SqlDeliveryAcks,
@@ -357,14 +357,18 @@ class SqlUnitOfWork:
     async def __aenter__(self) -> Self:
         try:
             conn = await self._engine.connect()
-        except (OperationalError, InterfaceError, OSError) as exc:
+        except Exception as exc:
+            # Connecting only fails because the database cannot be reached or refuses us.
             raise StorageUnavailable(str(exc)) from exc
         try:
             await conn.begin()
         except BaseException as exc:
+            broken = is_connection_problem(exc)
+            if broken:
+                await conn.invalidate()
             await conn.close()
-            if isinstance(exc, OperationalError | InterfaceError):
-                raise StorageUnavailable(str(exc.orig)) from exc
+            if broken:
+                raise StorageUnavailable(str(exc)) from exc
             raise
         self._conn = conn
         self.products = SqlProductRepository(conn)
@@ -390,18 +394,29 @@ class SqlUnitOfWork:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        broken = exc is not None and is_connection_problem(exc)
         try:
-            if conn.in_transaction():
+            if conn.in_transaction() and not broken:
                 await conn.rollback()
+        except Exception:
+            # A connection that cannot even roll back must never serve another request.
+            broken = True
         finally:
+            if broken:
+                await conn.invalidate()
             await conn.close()
-        if isinstance(exc, OperationalError | InterfaceError):
-            raise StorageUnavailable(str(exc.orig)) from exc
+        if broken and exc is not None:
+            raise StorageUnavailable(str(exc)) from exc
 
     async def commit(self) -> None:
         if self._conn is None:
             raise RuntimeError("commit() outside the unit of work")
-        await self._conn.commit()
+        try:
+            await self._conn.commit()
+        except Exception as exc:
+            if is_connection_problem(exc):
+                raise StorageUnavailable(str(exc)) from exc
+            raise
         if self._on_outbox_commit is not None and self.outbox.added:
             self.outbox.added = 0
             self._on_outbox_commit()

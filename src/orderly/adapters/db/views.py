@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderly.adapters.db.engine import READ_ONLY
+from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.tables import order_events, order_lines, orders, products, stock
 from orderly.services.ports import JSON, Page, StorageUnavailable
 
@@ -59,8 +59,10 @@ class SqlViews:
             async with self._engine.connect() as conn:
                 await conn.execution_options(**{READ_ONLY: True})
                 yield conn
-        except (OperationalError, InterfaceError, OSError) as exc:
-            raise StorageUnavailable(str(exc)) from exc
+        except Exception as exc:
+            if is_connection_problem(exc):
+                raise StorageUnavailable(str(exc)) from exc
+            raise
 
     async def order(self, order_id: str) -> JSON | None:
         async with self._read() as conn:
