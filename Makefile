@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test setup lint fmt bench-intake clean
+.PHONY: run test setup lint fmt bench-intake bench-pipeline clean
 
 run: setup
 	.venv/bin/orderly up
@@ -22,6 +22,9 @@ fmt: setup
 
 bench-intake: setup
 	.venv/bin/python -m bench.intake.run
+
+bench-pipeline: setup
+	.venv/bin/python -m bench.pipeline.run
 
 clean:
 	rm -rf .venv .tools orderly.db orderly.db-wal orderly.db-shm

@@ -20,6 +20,7 @@ from orderly.adapters.db.migrate import SchemaOutdated
 from orderly.bootstrap import Container, UnknownTransport, bootstrap, configure_logging
 from orderly.config import InsecureSettings, Settings
 from orderly.entrypoints.api.app import create_app
+from orderly.entrypoints.cli_dlq import dlq_app
 from orderly.entrypoints.worker import run_background, stop_on_signals
 from orderly.services import idempotency
 from orderly.services.ports import StorageUnavailable
@@ -27,6 +28,7 @@ from orderly.services.ports import StorageUnavailable
 app = typer.Typer(
     help="orderly: event-driven order processing.", no_args_is_help=True, add_completion=False
 )
+app.add_typer(dlq_app, name="dlq")
 console = Console()
 err = Console(stderr=True)
 

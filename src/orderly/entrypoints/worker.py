@@ -46,9 +46,11 @@ async def run_background(
     """Run the consumer runtime and/or the relay until ``stop`` is set."""
     transport = container.transport()
     try:
-        # Queues and groups exist before the first message is relayed: a broker such as
-        # RabbitMQ refuses a message no queue is bound for.
-        subscriptions = [h.subscription for h in container.handlers()] if relay else []
+        # Queues and groups are declared by the consumers: subscribing from a relay-only
+        # process would also start consuming there (RabbitMQ prefetch, Kafka group
+        # membership). A message relayed before any worker subscribed is refused by RabbitMQ
+        # and retried by the relay with backoff.
+        subscriptions = [h.subscription for h in container.handlers()] if consume else []
         if not await connect(transport, stop, subscriptions):
             return
         async with asyncio.TaskGroup() as group:

@@ -53,7 +53,8 @@ async def process_order(uow: MessageUnitOfWork, message: Message, *, clock: Cloc
     if not is_open(order):
         return
     taken: list[Allocation] = []
-    for line in order.lines:
+    # Stock rows are always locked in SKU order, so two orders never wait on each other.
+    for line in sorted(order.lines, key=lambda line: line.sku):
         allocations = await uow.stock.take(line.sku, line.quantity)
         if allocations is None:
             for allocation in reversed(taken):

@@ -60,7 +60,7 @@ class SqlViews:
                 await conn.execution_options(**{READ_ONLY: True})
                 yield conn
         except Exception as exc:
-            if is_connection_problem(exc):
+            if is_connection_problem(exc, socket_errors=True):
                 raise StorageUnavailable(str(exc)) from exc
             raise
 
