@@ -7,13 +7,13 @@ as their own processes. The relay only runs for transports that need one (not ``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 
 import structlog
 
 from orderly.bootstrap import Container
 from orderly.services.messaging import Subscription, Transport, TransportUnavailable
+from orderly.services.waiting import sleep_or_stop
 
 log = structlog.get_logger("orderly.worker")
 
@@ -34,8 +34,7 @@ async def connect(
             log.warning(
                 "broker unavailable, retrying", transport=transport.name, error=str(exc), wait=pause
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=pause)
+            await sleep_or_stop(stop, pause)
             pause = min(pause * 2, 30.0)
     return False
 

@@ -15,7 +15,6 @@ the database answers, without spending attempts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import traceback
 import zlib
@@ -43,6 +42,7 @@ from orderly.services.ports import (
     NewDeadLetter,
     StorageUnavailable,
 )
+from orderly.services.waiting import sleep_or_stop
 
 log = structlog.get_logger("orderly.consumer")
 
@@ -162,7 +162,7 @@ class ConsumerRuntime:
                 return
             except TransportUnavailable as exc:
                 log.warning("transport unavailable, retrying", error=str(exc), wait=pause)
-                await _sleep_or_stop(stop, pause)
+                await sleep_or_stop(stop, pause)
                 pause = min(pause * 2, self._options.max_backoff)
 
     async def _pump(self, handler: Handler, stop: asyncio.Event) -> None:
@@ -185,7 +185,7 @@ class ConsumerRuntime:
                         error=str(exc),
                         wait=pause,
                     )
-                    await _sleep_or_stop(stop, pause)
+                    await sleep_or_stop(stop, pause)
                     pause = min(pause * 2, options.max_backoff)
                     continue
                 pause = 0.5
@@ -386,8 +386,3 @@ def _check_routing(transport: Transport, handlers: Collection[Handler]) -> None:
                     f"{type_!r} is wanted by {seen[type_]!r} and {handler.consumer!r}"
                 )
             seen[type_] = handler.consumer
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

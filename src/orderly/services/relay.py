@@ -28,6 +28,7 @@ from orderly.services.ports import (
     QueuedMessage,
     StorageUnavailable,
 )
+from orderly.services.waiting import sleep_or_stop
 
 log = structlog.get_logger("orderly.relay")
 
@@ -83,7 +84,7 @@ class Relay:
                 except (TransportUnavailable, StorageUnavailable) as exc:
                     self.stats.outages += 1
                     log.warning("relay paused", error=str(exc), wait=pause)
-                    await _sleep_or_stop(stop, pause)
+                    await sleep_or_stop(stop, pause)
                     pause = min(pause * 2, self._options.max_backoff)
                     continue
                 pause = self._options.base_delay
@@ -156,8 +157,3 @@ class Relay:
         # If the database is down too, the lease runs out on its own.
         with contextlib.suppress(StorageUnavailable):
             await self._queue.release([row.id for row in rows])
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from orderly.adapters.db.engine import create_engine, dispose_engine
 from orderly.adapters.db.migrate import upgrade
@@ -35,3 +35,29 @@ async def local_transport(url: str, redelivery_after: float) -> AsyncIterator[Lo
     finally:
         await transport.close()
         await dispose_engine(engine)
+
+
+@asynccontextmanager
+async def registered(namespace: str, url: str) -> AsyncIterator[None]:
+    """Migrate ``url`` and make it the database of ``namespace`` for the test."""
+    await migrate(url)
+    DATABASES[namespace] = url
+    try:
+        yield
+    finally:
+        del DATABASES[namespace]
+
+
+def transport_for(
+    namespace: str, redelivery_after: float = 30.0
+) -> AbstractAsyncContextManager[LocalTransport]:
+    return local_transport(DATABASES[namespace], redelivery_after)
+
+
+def database_for(namespace: str) -> str:
+    return DATABASES[namespace]
+
+
+def transport_on(url: str) -> LocalTransport:
+    engine = create_engine(url)
+    return LocalTransport(OutboxQueue(engine, clock=SystemClock(), worker_id="unreachable"))
