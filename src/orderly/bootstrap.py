@@ -24,10 +24,30 @@ from orderly.adapters.db.views import SqlViews
 from orderly.adapters.system import SystemClock, UuidGenerator
 from orderly.adapters.transports.local import LocalTransport
 from orderly.config import Settings
+from orderly.domain.fraud import FraudConfig, FraudEngine, default_rules
+from orderly.domain.inventory import AllocationStrategy
+from orderly.domain.order_saga import OrderSagaConfig, order_saga
+from orderly.domain.saga import Retry
 from orderly.services.consumer import ConsumerRuntime, Handler, RetryPolicy, RuntimeOptions
 from orderly.services.dead_letters import DeadLetterDesk
 from orderly.services.messaging import Transport
-from orderly.services.order_processing import process_order_handler
+from orderly.services.notifications import Notifier
+from orderly.services.order_aftercare import (
+    ReservationSweeper,
+    alert_handler,
+    notification_handler,
+    refund_handler,
+)
+from orderly.services.order_saga import OrderSagaHooks, start_handler
+from orderly.services.order_steps import (
+    StepSettings,
+    fraud_handler,
+    fulfilment_handler,
+    inventory_handler,
+    payment_handler,
+    warehouse_handler,
+)
+from orderly.services.payments import PaymentGateway
 from orderly.services.ports import (
     Alerts,
     Clock,
@@ -38,6 +58,7 @@ from orderly.services.ports import (
     UnitOfWork,
 )
 from orderly.services.relay import Relay, RelayOptions
+from orderly.services.saga import RegisteredSaga, SagaRunner, SagaTimeouts
 
 TRANSPORT_SCHEMES = ("local", "redis", "rediss", "amqp", "amqps", "nats", "kafka")
 
@@ -60,6 +81,8 @@ class Container:
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
+    _gateway: PaymentGateway | None = None
+    _notifier: Notifier | None = None
 
     def uow(self) -> UnitOfWork:
         if self.engine.dialect.name == "postgresql":
@@ -82,13 +105,92 @@ class Container:
         url = self.settings.alert_webhook_url
         return WebhookAlerts(url) if url else LogAlerts()
 
-    def handlers(self) -> list[Handler]:
-        policy = RetryPolicy(
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
             attempts=self.settings.retry_attempts,
             base_delay=self.settings.retry_base_delay_seconds,
             timeout=self.settings.handler_timeout_seconds,
         )
-        return [process_order_handler(self.clock, policy)]
+
+    def gateway(self) -> PaymentGateway:
+        """The payment gateway (one per container: it holds connections)."""
+        if self._gateway is None:
+            self._gateway = build_gateway(self.settings)
+        return self._gateway
+
+    def notifier(self) -> Notifier:
+        if self._notifier is None:
+            self._notifier = build_notifier(self.settings)
+        return self._notifier
+
+    def saga_runner(self) -> SagaRunner:
+        s = self.settings
+        definition = order_saga(
+            OrderSagaConfig(
+                step_timeout=timedelta(seconds=s.step_timeout_seconds),
+                fulfilment_timeout=timedelta(seconds=s.fulfilment_timeout_seconds),
+                review_timeout=timedelta(seconds=s.review_timeout_seconds),
+                retry=Retry(s.retry_attempts, s.retry_base_delay_seconds),
+            )
+        )
+        hooks = OrderSagaHooks(self.clock, self.ids)
+        return SagaRunner([RegisteredSaga(definition, hooks)], clock=self.clock, ids=self.ids)
+
+    def step_settings(self) -> StepSettings:
+        s = self.settings
+        return StepSettings(
+            reservation_ttl=timedelta(seconds=s.reservation_ttl_seconds),
+            allocation=AllocationStrategy(s.allocation_strategy),
+            review_timeout=timedelta(seconds=s.review_timeout_seconds),
+            velocity_window=timedelta(seconds=s.fraud_velocity_window_seconds),
+            warehouse_delay=timedelta(seconds=s.warehouse_delay_seconds),
+            warehouse_failure_rate=s.warehouse_failure_rate,
+            warehouse_seed=s.payment_seed,
+            payment_lanes=s.payment_concurrency,
+        )
+
+    def fraud_engine(self) -> FraudEngine:
+        s = self.settings
+        config = FraudConfig(
+            velocity_max_orders=s.fraud_velocity_max_orders,
+            velocity_window_seconds=s.fraud_velocity_window_seconds,
+            review_above_minor=s.fraud_review_above_minor,
+            reject_above_minor=s.fraud_reject_above_minor,
+            blocked_countries=frozenset(c.upper() for c in s.fraud_blocked_countries),
+            require_shipping_address=s.fraud_require_shipping_address,
+        )
+        return FraudEngine(default_rules(config))
+
+    def handlers(self) -> list[Handler]:
+        """Every consumer of the order pipeline."""
+        policy = self.retry_policy
+        runner = self.saga_runner()
+        steps = self.step_settings()
+        clock, ids = self.clock, self.ids
+        return [
+            start_handler(runner, policy),
+            runner.reply_handler(policy),
+            inventory_handler(steps, clock=clock, ids=ids, policy=policy),
+            fraud_handler(self.fraud_engine(), steps, clock=clock, ids=ids, policy=policy),
+            payment_handler(self.gateway(), steps, clock=clock, ids=ids, policy=policy),
+            fulfilment_handler(steps, clock=clock, ids=ids, policy=policy),
+            warehouse_handler(steps, clock=clock, ids=ids, policy=policy),
+            notification_handler(self.notifier(), policy),
+            alert_handler(self.alerts(), policy),
+            refund_handler(self.gateway(), policy, clock=self.clock, ids=self.ids),
+        ]
+
+    def saga_timeouts(self) -> SagaTimeouts:
+        return SagaTimeouts(
+            self.saga_runner(),
+            self.message_uow,
+            clock=self.clock,
+            interval=self.settings.sweep_interval_seconds,
+        )
+
+    def reservation_sweeper(self) -> ReservationSweeper:
+        return ReservationSweeper(self.message_uow, clock=self.clock, ids=self.ids)
 
     def consumer_runtime(
         self, transport: Transport, handlers: list[Handler] | None = None
@@ -135,6 +237,10 @@ class Container:
         return await seed_demo_catalogue(self.engine)
 
     async def close(self) -> None:
+        if self._gateway is not None:
+            await self._gateway.close()
+        if self._notifier is not None:
+            await self._notifier.close()
         await dispose_engine(self.engine)
 
 
@@ -166,6 +272,38 @@ def build_transport(settings: Settings, queue: OutboxQueue) -> Transport:
         f"ORDERLY_BROKER_URL: unknown scheme {scheme!r} in {url!r}; "
         f"expected one of {', '.join(s + '://' for s in TRANSPORT_SCHEMES)}"
     )
+
+
+def build_gateway(settings: Settings) -> PaymentGateway:
+    """The payment gateway ORDERLY_PAYMENT_GATEWAY names."""
+    if settings.payment_gateway == "stripe":
+        from orderly.adapters.payments.stripe_gateway import StripeGateway
+
+        assert settings.stripe_api_key is not None
+        return StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
+    from orderly.adapters.payments.simulated import SimulatedGateway
+
+    return SimulatedGateway(
+        latency_ms=settings.payment_latency_ms,
+        decline_rate=settings.payment_decline_rate,
+        seed=settings.payment_seed,
+    )
+
+
+def build_notifier(settings: Settings) -> Notifier:
+    from orderly.adapters.notifiers import LogNotifier, SmtpNotifier
+
+    if settings.notifier == "smtp":
+        return SmtpNotifier(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.smtp_sender,
+            recipient_domain=settings.smtp_recipient_domain,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            starttls=settings.smtp_starttls,
+        )
+    return LogNotifier()
 
 
 def configure_logging(settings: Settings) -> None:

@@ -41,6 +41,37 @@ class Settings(BaseSettings):
     relay_max_attempts: int = Field(default=10, ge=1)
     alert_webhook_url: str | None = None
 
+    # The order saga and its services.
+    step_timeout_seconds: float = Field(default=120.0, gt=0)
+    fulfilment_timeout_seconds: float = Field(default=1800.0, gt=0)
+    review_timeout_seconds: float = Field(default=600.0, gt=0)
+    reservation_ttl_seconds: float = Field(default=900.0, gt=0)
+    allocation_strategy: Literal["priority", "most-stock"] = "priority"
+    sweep_interval_seconds: float = Field(default=1.0, gt=0)
+    fraud_velocity_max_orders: int = Field(default=5, ge=1)
+    fraud_velocity_window_seconds: int = Field(default=3600, ge=1)
+    fraud_review_above_minor: int = Field(default=100_000, ge=0)
+    fraud_reject_above_minor: int | None = Field(default=1_000_000, ge=0)
+    fraud_blocked_countries: list[str] = Field(default_factory=list)
+    fraud_require_shipping_address: bool = False
+    payment_gateway: Literal["simulated", "stripe"] = "simulated"
+    payment_latency_ms: tuple[int, int] = (0, 0)
+    payment_decline_rate: float = Field(default=0.0, ge=0, le=1)
+    payment_seed: int = 0
+    payment_concurrency: int = Field(default=128, ge=1, le=1024)
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    warehouse_delay_seconds: float = Field(default=0.0, ge=0)
+    warehouse_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    notifier: Literal["log", "smtp"] = "log"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_sender: str = "orderly@example.com"
+    smtp_recipient_domain: str = "example.com"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
@@ -59,6 +90,15 @@ class Settings(BaseSettings):
                 "ORDERLY_JWT_SECRET must be set to a secret of at least 32 characters "
                 "when ORDERLY_ENV=prod"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_payment(self) -> Settings:
+        low, high = self.payment_latency_ms
+        if not 0 <= low <= high:
+            raise ValueError("ORDERLY_PAYMENT_LATENCY_MS must be [min, max] with 0 <= min <= max")
+        if self.payment_gateway == "stripe" and not self.stripe_api_key:
+            raise ValueError("ORDERLY_PAYMENT_GATEWAY=stripe needs ORDERLY_STRIPE_API_KEY")
         return self
 
     @property

@@ -26,9 +26,16 @@ def alert_body(letter: NewDeadLetter, letter_id: int) -> dict[str, object]:
     }
 
 
+def attention_body(order_id: str, why: str, detail: dict[str, object]) -> dict[str, object]:
+    return {"kind": "needs_attention", "orderId": order_id, "why": why, "detail": detail}
+
+
 class LogAlerts:
     async def dead_lettered(self, letter: NewDeadLetter, letter_id: int) -> None:
         log.error("ALERT dead letter", **alert_body(letter, letter_id))
+
+    async def needs_attention(self, order_id: str, why: str, detail: dict[str, object]) -> None:
+        log.error("ALERT order needs attention", **attention_body(order_id, why, detail))
 
 
 class WebhookAlerts:
@@ -41,6 +48,14 @@ class WebhookAlerts:
     async def dead_lettered(self, letter: NewDeadLetter, letter_id: int) -> None:
         body = alert_body(letter, letter_id)
         log.error("ALERT dead letter", **body)
+        await self._post(body)
+
+    async def needs_attention(self, order_id: str, why: str, detail: dict[str, object]) -> None:
+        body = attention_body(order_id, why, detail)
+        log.error("ALERT order needs attention", **body)
+        await self._post(body)
+
+    async def _post(self, body: dict[str, object]) -> None:
         try:
             async with httpx.AsyncClient(timeout=self._timeout) as client:
                 response = await client.post(self._url, json=body)

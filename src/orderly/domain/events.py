@@ -32,6 +32,8 @@ class Message:
     correlation_id: str
     causation_id: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    not_before: datetime | None = None
+    """Deliver no earlier than this (a simulated warehouse's delay); None is at once."""
 
 
 ORDER_PLACED = "order.placed"

@@ -13,6 +13,7 @@ import structlog
 
 from orderly.bootstrap import Container
 from orderly.services.messaging import Subscription, Transport, TransportUnavailable
+from orderly.services.saga import run_periodically
 from orderly.services.waiting import sleep_or_stop
 
 log = structlog.get_logger("orderly.worker")
@@ -55,6 +56,14 @@ async def run_background(
         async with asyncio.TaskGroup() as group:
             if consume:
                 group.create_task(container.consumer_runtime(transport).run(stop))
+                # Deadlines (step and review timeouts, reservation expiry) are swept by every
+                # worker; row locks and guarded transitions make concurrent sweeps harmless.
+                group.create_task(container.saga_timeouts().run(stop))
+                sweeper = container.reservation_sweeper()
+                interval = container.settings.sweep_interval_seconds
+                group.create_task(
+                    run_periodically(sweeper.sweep, stop, interval, "reservation expiry")
+                )
             if relay and transport.needs_relay:
                 group.create_task(container.relay(transport).run(stop))
             log.info(

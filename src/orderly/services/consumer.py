@@ -71,6 +71,8 @@ class RetryPolicy:
 
 
 HandlerFn = Callable[[MessageUnitOfWork, Message], Awaitable[None]]
+PrepareFn = Callable[[Message], Awaitable[Any]]
+ApplyFn = Callable[[MessageUnitOfWork, Message, Any], Awaitable[None]]
 DeadLetterFn = Callable[[MessageUnitOfWork, Message, str], Awaitable[JSON]]
 
 
@@ -84,6 +86,12 @@ class Handler:
 
     ``on_dead_letter`` runs in the dead-letter transaction (fail the order, say) and returns
     context stored with the letter.
+
+    A handler that calls a slow outside service (a payment gateway) sets ``prepare``: it runs
+    before the transaction opens, so no database connection waits on the network, and its
+    result goes to ``apply`` inside the transaction. ``prepare`` must be safe to repeat (an
+    idempotency key), since a redelivered message runs it again. ``lanes`` overrides how many
+    deliveries of this consumer run at once.
     """
 
     consumer: str
@@ -91,6 +99,9 @@ class Handler:
     handle: HandlerFn
     policy: RetryPolicy = RetryPolicy()
     on_dead_letter: DeadLetterFn = _no_context
+    prepare: PrepareFn | None = None
+    apply: ApplyFn | None = None
+    lanes: int | None = None
 
     @property
     def subscription(self) -> Subscription:
@@ -168,7 +179,7 @@ class ConsumerRuntime:
     async def _pump(self, handler: Handler, stop: asyncio.Event) -> None:
         options = self._options
         lanes: list[asyncio.Queue[Delivery | None]] = [
-            asyncio.Queue(maxsize=options.batch) for _ in range(options.lanes)
+            asyncio.Queue(maxsize=options.batch) for _ in range(handler.lanes or options.lanes)
         ]
         workers = [asyncio.create_task(self._lane(handler, lane)) for lane in lanes]
         pause = 0.5
@@ -236,12 +247,19 @@ class ConsumerRuntime:
 
     async def _apply(self, handler: Handler, delivery: Delivery) -> bool:
         message = delivery.message
+        prepared: Any = None
+        if handler.prepare is not None:
+            async with asyncio.timeout(handler.policy.timeout):
+                prepared = await handler.prepare(message)
         async with self._uow() as uow:
             now = self._clock.now()
             fresh = await uow.inbox.record(handler.consumer, message.id, now)
             if fresh:
                 async with asyncio.timeout(handler.policy.timeout):
-                    await handler.handle(uow, message)
+                    if handler.apply is not None:
+                        await handler.apply(uow, message, prepared)
+                    else:
+                        await handler.handle(uow, message)
             replay = _replay_id(message)
             if replay is not None:
                 await uow.dead_letters.finish_replay(

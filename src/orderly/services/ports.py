@@ -18,6 +18,14 @@ from orderly.services.idempotency_types import (
     IdempotencyScope,
     StoredResponse,
 )
+from orderly.services.saga_ports import (
+    FraudReviews,
+    OrderStream,
+    PaymentRecords,
+    Reservations,
+    SagaStore,
+    Shipments,
+)
 
 JSON = dict[str, Any]
 
@@ -279,6 +287,24 @@ class MessageUnitOfWork(UnitOfWork, Protocol):
     @property
     def dead_letters(self) -> DeadLetterStore: ...
 
+    @property
+    def sagas(self) -> SagaStore: ...
+
+    @property
+    def order_stream(self) -> OrderStream: ...
+
+    @property
+    def reservations(self) -> Reservations: ...
+
+    @property
+    def payments(self) -> PaymentRecords: ...
+
+    @property
+    def shipments(self) -> Shipments: ...
+
+    @property
+    def fraud_reviews(self) -> FraudReviews: ...
+
 
 MessageUnitOfWorkFactory = Callable[[], MessageUnitOfWork]
 
@@ -322,6 +348,10 @@ class Alerts(Protocol):
     """Tells a human that something needs them (a dead letter, a stuck order)."""
 
     async def dead_lettered(self, letter: NewDeadLetter, letter_id: int) -> None: ...
+
+    async def needs_attention(self, order_id: str, why: str, detail: dict[str, Any]) -> None:
+        """A saga could not undo its steps: a human must look at the order."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Collection, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orderly.adapters.db.engine import dialect_insert
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.message_repositories import (
     SqlDeadLetters,
@@ -21,6 +22,15 @@ from orderly.adapters.db.message_repositories import (
     SqlKeyStatus,
     SqlOrderStates,
     SqlStock,
+)
+from orderly.adapters.db.saga_repositories import (
+    SqlFraudReviews,
+    SqlOrderStream,
+    SqlPaymentRecords,
+    SqlReservations,
+    SqlSagaStore,
+    SqlShipments,
+    record_stock_changes,
 )
 from orderly.adapters.db.tables import (
     idempotency_keys,
@@ -46,14 +56,6 @@ from orderly.services.idempotency_types import (
     StoredResponse,
 )
 from orderly.services.ports import StockChange, StorageUnavailable
-
-
-def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
-
 
 # Statements are built once: constructing them per call cost more than executing them.
 _SELECT_PRODUCTS = (
@@ -200,7 +202,7 @@ class SqlOutbox:
                 "correlation_id": message.correlation_id,
                 "causation_id": message.causation_id,
                 "created_at": message.created_at,
-                "available_at": message.created_at,
+                "available_at": message.not_before or message.created_at,
                 "attempts": 0,
             },
         )
@@ -313,6 +315,13 @@ class SqlInventoryRepository:
         return found is not None
 
     async def set_on_hand(self, change: StockChange) -> StockLevel | None:
+        """Set on_hand (never below reserved), recording the difference in the ledger."""
+        current = sa.select(stock.c.on_hand).where(
+            stock.c.sku == change.sku, stock.c.warehouse_id == change.warehouse_id
+        )
+        if self._conn.dialect.name == "postgresql":
+            current = current.with_for_update()
+        before = await self._conn.scalar(current)
         insert = dialect_insert(self._conn, stock).values(
             sku=change.sku, warehouse_id=change.warehouse_id, on_hand=change.on_hand, reserved=0
         )
@@ -324,6 +333,22 @@ class SqlInventoryRepository:
         row = (await self._conn.execute(statement)).one_or_none()
         if row is None:
             return None
+        delta = row.on_hand - (before or 0)
+        if delta:
+            await record_stock_changes(
+                self._conn,
+                [
+                    {
+                        "sku": row.sku,
+                        "warehouse_id": row.warehouse_id,
+                        "kind": "adjust",
+                        "on_hand_delta": delta,
+                        "reserved_delta": 0,
+                        "order_id": None,
+                    }
+                ],
+                datetime.now(UTC),
+            )
         return StockLevel(row.sku, row.warehouse_id, row.on_hand, row.reserved)
 
 
@@ -346,6 +371,12 @@ class SqlUnitOfWork:
     acks: SqlDeliveryAcks
     failures: SqlFailureLog
     dead_letters: SqlDeadLetters
+    sagas: SqlSagaStore
+    order_stream: SqlOrderStream
+    reservations: SqlReservations
+    payments: SqlPaymentRecords
+    shipments: SqlShipments
+    fraud_reviews: SqlFraudReviews
 
     def __init__(
         self, engine: AsyncEngine, on_outbox_commit: Callable[[], None] | None = None
@@ -383,6 +414,12 @@ class SqlUnitOfWork:
         self.acks = SqlDeliveryAcks(conn)
         self.failures = SqlFailureLog(conn)
         self.dead_letters = SqlDeadLetters(conn)
+        self.sagas = SqlSagaStore(conn)
+        self.order_stream = SqlOrderStream(conn)
+        self.reservations = SqlReservations(conn)
+        self.payments = SqlPaymentRecords(conn)
+        self.shipments = SqlShipments(conn)
+        self.fraud_reviews = SqlFraudReviews(conn)
         return self
 
     async def __aexit__(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orderly.adapters.db.repositories import dialect_insert
+from orderly.adapters.db.engine import dialect_insert
+from orderly.adapters.db.saga_repositories import record_stock_changes
 from orderly.adapters.db.tables import products, stock, warehouses
 
 WAREHOUSES = [
@@ -39,6 +42,7 @@ async def seed_demo_catalogue(engine: AsyncEngine) -> int:
     Existing rows are left alone, so seeding twice never resets stock.
     """
     added = 0
+    opening: list[dict[str, Any]] = []
     async with engine.begin() as conn:
         for wid, name, priority in WAREHOUSES:
             result = await conn.execute(
@@ -61,4 +65,17 @@ async def seed_demo_catalogue(engine: AsyncEngine) -> int:
                     .on_conflict_do_nothing()
                 )
                 added += result.rowcount
+                if result.rowcount:
+                    opening.append(
+                        {
+                            "sku": p.sku,
+                            "warehouse_id": wid,
+                            "kind": "adjust",
+                            "on_hand_delta": qty,
+                            "reserved_delta": 0,
+                            "order_id": None,
+                        }
+                    )
+        # The opening stock is the ledger's first entry, so on_hand reconciles from it.
+        await record_stock_changes(conn, opening, datetime.now(UTC))
     return added

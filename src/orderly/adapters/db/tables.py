@@ -228,6 +228,176 @@ dead_letter_replays = sa.Table(
     sa.Index("ix_dead_letter_replays_letter", "dead_letter_id"),
 )
 
+sagas = sa.Table(
+    "sagas",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("definition", sa.String(64), nullable=False),
+    sa.Column("key", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("step_status", sa.String(32), nullable=False),
+    sa.Column("done", Json, nullable=False),
+    sa.Column("data", Json, nullable=False),
+    sa.Column("deadline_at", UtcDateTime),
+    sa.Column("reason", sa.String(64)),
+    sa.Column("detail", Json, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("resends", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("ix_sagas_key", "key"),
+    sa.Index(
+        "ix_sagas_deadline",
+        "deadline_at",
+        postgresql_where=sa.text("deadline_at IS NOT NULL"),
+        sqlite_where=sa.text("deadline_at IS NOT NULL"),
+    ),
+)
+
+saga_log = sa.Table(
+    "saga_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("saga_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("step", sa.String(64)),
+    sa.Column("detail", Json, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index("ix_saga_log_saga", "saga_id", "id"),
+)
+
+reservations = sa.Table(
+    "reservations",
+    metadata,
+    sa.Column("order_id", sa.String(36), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("ix_reservations_status_expires", "status", "expires_at"),
+)
+
+reservation_lines = sa.Table(
+    "reservation_lines",
+    metadata,
+    sa.Column("order_id", sa.String(36), primary_key=True),
+    sa.Column("sku", sa.String(64), primary_key=True),
+    sa.Column("warehouse_id", sa.String(64), primary_key=True),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.CheckConstraint("quantity > 0", name="quantity_positive"),
+)
+
+stock_ledger = sa.Table(
+    "stock_ledger",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("sku", sa.String(64), nullable=False),
+    sa.Column("warehouse_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("on_hand_delta", sa.Integer, nullable=False),
+    sa.Column("reserved_delta", sa.Integer, nullable=False),
+    sa.Column("order_id", sa.String(36)),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index("ix_stock_ledger_item", "sku", "warehouse_id"),
+    sa.Index("ix_stock_ledger_order", "order_id"),
+)
+
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("order_id", sa.String(36), primary_key=True),
+    sa.Column("gateway", sa.String(32), nullable=False),
+    sa.Column("reference", sa.String(128)),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("authorized_minor", sa.BigInteger, nullable=False),
+    sa.Column("captured_minor", sa.BigInteger, nullable=False),
+    sa.Column("refunded_minor", sa.BigInteger, nullable=False),
+    sa.Column("decline_code", sa.String(64)),
+    sa.Column("message", sa.Text),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+payment_operations = sa.Table(
+    "payment_operations",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("order_id", sa.String(36), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("reference", sa.String(128)),
+    sa.Column("decline_code", sa.String(64)),
+    sa.Column("message", sa.Text),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index("ix_payment_operations_order", "order_id", "id"),
+)
+
+shipments = sa.Table(
+    "shipments",
+    metadata,
+    sa.Column("id", sa.String(120), primary_key=True),
+    sa.Column("order_id", sa.String(36), nullable=False),
+    sa.Column("warehouse_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("lines", Json, nullable=False),
+    sa.Column("value_minor", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("ix_shipments_order", "order_id"),
+)
+
+fraud_reviews = sa.Table(
+    "fraud_reviews",
+    metadata,
+    sa.Column("order_id", sa.String(36), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("verdict", Json, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("decided_by", sa.String(128)),
+    sa.Column("decided_at", UtcDateTime),
+    sa.Index("ix_fraud_reviews_status", "status", "created_at"),
+)
+
+# Read models: rebuilt from the order streams and the stock ledger by `orderly projections
+# rebuild`; kept current asynchronously by the projections consumer.
+rm_order_history = sa.Table(
+    "rm_order_history",
+    metadata,
+    sa.Column("order_id", sa.String(36), primary_key=True),
+    sa.Column("customer_id", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("failure_reason", sa.String(64)),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("placed_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("ix_rm_order_history_customer", "customer_id", "placed_at"),
+)
+
+rm_inventory_levels = sa.Table(
+    "rm_inventory_levels",
+    metadata,
+    sa.Column("sku", sa.String(64), primary_key=True),
+    sa.Column("warehouse_id", sa.String(64), primary_key=True),
+    sa.Column("on_hand", sa.Integer, nullable=False),
+    sa.Column("reserved", sa.Integer, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+rm_fulfilment = sa.Table(
+    "rm_fulfilment",
+    metadata,
+    sa.Column("order_id", sa.String(36), primary_key=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("shipments", Json, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -1,0 +1,706 @@
+"""Repositories of the saga and its services, on SQLAlchemy Core (SQLite and PostgreSQL).
+
+Stock moves only through conditional updates, and every move is a ``stock_ledger`` entry plus a
+``stock.changed`` outbox message (for the inventory read model) in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orderly.adapters.db.engine import dialect_insert
+from orderly.adapters.db.tables import (
+    fraud_reviews,
+    order_events,
+    order_lines,
+    orders,
+    outbox_messages,
+    payment_operations,
+    payments,
+    reservation_lines,
+    reservations,
+    saga_log,
+    sagas,
+    shipments,
+    stock,
+    stock_ledger,
+    warehouses,
+)
+from orderly.domain.inventory import Available, LedgerKind, Pick, ReservationStatus
+from orderly.domain.saga import LogEntry, SagaState, SagaStatus, StepStatus
+from orderly.services.saga_ports import (
+    JSON,
+    FraudReview,
+    NewOrderEvent,
+    OrderFacts,
+    OrderLineFacts,
+    PaymentOperation,
+    PaymentRecord,
+    ReservedLine,
+    Shipment,
+)
+
+STOCK_CHANGED = "stock.changed"
+_TERMINAL = [s.value for s in SagaStatus if s.terminal]
+_BEFORE_AUTHORIZATION = ("PENDING", "RESERVED", "HELD_FOR_REVIEW")
+
+
+def _for_update(conn: AsyncConnection, statement: Any) -> Any:
+    return statement.with_for_update() if conn.dialect.name == "postgresql" else statement
+
+
+class SqlSagaStore:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def load(self, saga_id: str) -> SagaState | None:
+        statement = _for_update(self._conn, sa.select(sagas).where(sagas.c.id == saga_id))
+        row = (await self._conn.execute(statement)).one_or_none()
+        if row is None:
+            return None
+        return SagaState(
+            id=row.id,
+            definition=row.definition,
+            key=row.key,
+            status=SagaStatus(row.status),
+            step=row.step,
+            step_status=StepStatus(row.step_status),
+            done=tuple(row.done),
+            data=row.data,
+            deadline=row.deadline_at,
+            reason=row.reason,
+            detail=row.detail,
+            version=row.version,
+            resends=row.resends,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    @staticmethod
+    def _row(state: SagaState) -> JSON:
+        return {
+            "status": state.status.value,
+            "step": state.step,
+            "step_status": state.step_status.value,
+            "done": list(state.done),
+            "data": dict(state.data),
+            "deadline_at": state.deadline,
+            "reason": state.reason,
+            "detail": dict(state.detail),
+            "version": state.version,
+            "resends": state.resends,
+            "updated_at": state.updated_at,
+        }
+
+    async def insert(self, state: SagaState) -> bool:
+        statement = (
+            dialect_insert(self._conn, sagas)
+            .values(
+                id=state.id,
+                definition=state.definition,
+                key=state.key,
+                created_at=state.created_at,
+                **self._row(state),
+            )
+            .on_conflict_do_nothing()
+            .returning(sagas.c.id)
+        )
+        return (await self._conn.execute(statement)).first() is not None
+
+    async def save(self, state: SagaState) -> bool:
+        result = await self._conn.execute(
+            sagas.update()
+            .where(sagas.c.id == state.id, sagas.c.version == state.version - 1)
+            .values(**self._row(state))
+        )
+        return result.rowcount == 1
+
+    async def log(self, saga_id: str, entries: Sequence[LogEntry], at: datetime) -> None:
+        if entries:
+            await self._conn.execute(
+                saga_log.insert(),
+                [
+                    {
+                        "saga_id": saga_id,
+                        "kind": e.kind,
+                        "step": e.step,
+                        "detail": dict(e.detail),
+                        "at": at,
+                    }
+                    for e in entries
+                ],
+            )
+
+    async def due(self, now: datetime, limit: int) -> list[str]:
+        rows = await self._conn.execute(
+            sa.select(sagas.c.id)
+            .where(
+                sagas.c.deadline_at.is_not(None),
+                sagas.c.deadline_at <= now,
+                sagas.c.status.not_in(_TERMINAL),
+            )
+            .order_by(sagas.c.deadline_at)
+            .limit(limit)
+        )
+        return [r.id for r in rows]
+
+
+class SqlOrderStream:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def facts(self, order_id: str) -> OrderFacts | None:
+        row = (
+            await self._conn.execute(sa.select(orders).where(orders.c.id == order_id))
+        ).one_or_none()
+        if row is None:
+            return None
+        lines = await self._conn.execute(
+            sa.select(order_lines)
+            .where(order_lines.c.order_id == order_id)
+            .order_by(order_lines.c.line_no)
+        )
+        return OrderFacts(
+            id=row.id,
+            customer_id=row.customer_id,
+            status=row.status,
+            failure_reason=row.failure_reason,
+            version=row.version,
+            currency=row.currency,
+            total_minor=row.total_minor,
+            payment_method=row.payment_method,
+            shipping_address=row.shipping_address,
+            lines=tuple(
+                OrderLineFacts(x.sku, x.name, x.quantity, x.unit_price_minor) for x in lines
+            ),
+            created_at=row.created_at,
+        )
+
+    async def append(
+        self,
+        order_id: str,
+        events: Sequence[NewOrderEvent],
+        at: datetime,
+        correlation_id: str,
+        causation_id: str | None,
+    ) -> list[JSON]:
+        if not events:
+            return []
+        values: JSON = {
+            "version": orders.c.version + len(events),
+            "updated_at": at,
+        }
+        moving = [e for e in events if e.status is not None]
+        if moving:
+            values["status"] = str(moving[-1].status)
+            values["failure_reason"] = moving[-1].failure_reason
+        row = (
+            await self._conn.execute(
+                orders.update()
+                .where(orders.c.id == order_id)
+                .values(**values)
+                .returning(orders.c.version)
+            )
+        ).one_or_none()
+        if row is None:
+            raise LookupError(f"order {order_id} does not exist")
+        first = row.version - len(events) + 1
+        appended: list[JSON] = []
+        for offset, event in enumerate(events):
+            data = dict(event.data)
+            if event.status is not None:
+                data["status"] = str(event.status)
+            appended.append(
+                {
+                    "order_id": order_id,
+                    "version": first + offset,
+                    "type": event.type,
+                    "data": data,
+                    "occurred_at": at,
+                    "correlation_id": correlation_id,
+                    "causation_id": causation_id,
+                }
+            )
+        await self._conn.execute(order_events.insert(), appended)
+        return [
+            {
+                "version": e["version"],
+                "type": e["type"],
+                "data": e["data"],
+                "occurredAt": at.isoformat(),
+            }
+            for e in appended
+        ]
+
+    async def recent_orders(self, customer_id: str, since: datetime) -> int:
+        count = await self._conn.scalar(
+            sa.select(sa.func.count())
+            .select_from(orders)
+            .where(orders.c.customer_id == customer_id, orders.c.created_at >= since)
+        )
+        return int(count or 0)
+
+
+async def record_stock_changes(
+    conn: AsyncConnection, changes: Sequence[JSON], now: datetime
+) -> None:
+    """Ledger entries for ``changes`` and one message for the inventory read model."""
+    if not changes:
+        return
+    await conn.execute(stock_ledger.insert(), [{**c, "at": now} for c in changes])
+    entries = [
+        {
+            "sku": c["sku"],
+            "warehouseId": c["warehouse_id"],
+            "kind": c["kind"],
+            "onHandDelta": c["on_hand_delta"],
+            "reservedDelta": c["reserved_delta"],
+            "orderId": c["order_id"],
+        }
+        for c in changes
+    ]
+    key = changes[0]["order_id"] or changes[0]["sku"]
+    await conn.execute(
+        outbox_messages.insert(),
+        {
+            "message_id": str(uuid.uuid4()),
+            "type": STOCK_CHANGED,
+            "key": key,
+            "payload": {"entries": entries, "at": now.isoformat()},
+            "headers": {},
+            "correlation_id": key,
+            "causation_id": None,
+            "created_at": now,
+            "available_at": now,
+            "attempts": 0,
+        },
+    )
+
+
+def _change(
+    kind: LedgerKind, sku: str, warehouse: str, on_hand: int, reserved: int, order_id: str | None
+) -> JSON:
+    return {
+        "sku": sku,
+        "warehouse_id": warehouse,
+        "kind": kind.value,
+        "on_hand_delta": on_hand,
+        "reserved_delta": reserved,
+        "order_id": order_id,
+    }
+
+
+_RESERVE = (
+    stock.update()
+    .where(
+        stock.c.sku == sa.bindparam("_sku"),
+        stock.c.warehouse_id == sa.bindparam("_warehouse"),
+        stock.c.on_hand - stock.c.reserved >= sa.bindparam("_n"),
+    )
+    .values(reserved=stock.c.reserved + sa.bindparam("_n"))
+)
+
+
+class SqlReservations:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def available(self, skus: Collection[str]) -> list[Available]:
+        rows = await self._conn.execute(
+            sa.select(
+                stock.c.sku,
+                stock.c.warehouse_id,
+                warehouses.c.priority,
+                (stock.c.on_hand - stock.c.reserved).label("available"),
+            )
+            .join(warehouses, warehouses.c.id == stock.c.warehouse_id)
+            .where(stock.c.sku.in_(list(skus)))
+        )
+        return [Available(r.sku, r.warehouse_id, r.priority, r.available) for r in rows]
+
+    async def open(self, order_id: str, expires_at: datetime, now: datetime) -> str | None:
+        inserted = (
+            await self._conn.execute(
+                dialect_insert(self._conn, reservations)
+                .values(
+                    order_id=order_id,
+                    status=ReservationStatus.ACTIVE.value,
+                    expires_at=expires_at,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing()
+                .returning(reservations.c.order_id)
+            )
+        ).first()
+        if inserted is not None:
+            return None
+        status = await self._conn.scalar(
+            sa.select(reservations.c.status).where(reservations.c.order_id == order_id)
+        )
+        return str(status)
+
+    async def reserve(self, order_id: str, picks: Sequence[Pick], now: datetime) -> bool:
+        done: list[Pick] = []
+        for pick in picks:
+            result = await self._conn.execute(
+                _RESERVE, {"_sku": pick.sku, "_warehouse": pick.warehouse_id, "_n": pick.quantity}
+            )
+            if result.rowcount != 1:
+                for undo in reversed(done):
+                    await self._conn.execute(
+                        stock.update()
+                        .where(stock.c.sku == undo.sku, stock.c.warehouse_id == undo.warehouse_id)
+                        .values(reserved=stock.c.reserved - undo.quantity)
+                    )
+                return False
+            done.append(pick)
+        await self._conn.execute(
+            reservation_lines.insert(),
+            [
+                {
+                    "order_id": order_id,
+                    "sku": p.sku,
+                    "warehouse_id": p.warehouse_id,
+                    "quantity": p.quantity,
+                    "status": ReservationStatus.ACTIVE.value,
+                }
+                for p in picks
+            ],
+        )
+        await record_stock_changes(
+            self._conn,
+            [
+                _change(LedgerKind.RESERVE, p.sku, p.warehouse_id, 0, p.quantity, order_id)
+                for p in picks
+            ],
+            now,
+        )
+        return True
+
+    async def lines(self, order_id: str, status: str | None = None) -> list[ReservedLine]:
+        statement = sa.select(reservation_lines).where(reservation_lines.c.order_id == order_id)
+        if status is not None:
+            statement = statement.where(reservation_lines.c.status == status)
+        rows = await self._conn.execute(
+            statement.order_by(reservation_lines.c.sku, reservation_lines.c.warehouse_id)
+        )
+        return [ReservedLine(r.sku, r.warehouse_id, r.quantity) for r in rows]
+
+    async def _settle(
+        self, order_id: str, lines: Sequence[ReservedLine], status: ReservationStatus
+    ) -> None:
+        for line in lines:
+            await self._conn.execute(
+                reservation_lines.update()
+                .where(
+                    reservation_lines.c.order_id == order_id,
+                    reservation_lines.c.sku == line.sku,
+                    reservation_lines.c.warehouse_id == line.warehouse_id,
+                )
+                .values(status=status.value)
+            )
+
+    async def _lock_header(self, order_id: str) -> str | None:
+        status = await self._conn.scalar(
+            _for_update(
+                self._conn,
+                sa.select(reservations.c.status).where(reservations.c.order_id == order_id),
+            )
+        )
+        return None if status is None else str(status)
+
+    async def release(
+        self, order_id: str, now: datetime, *, expired: bool = False
+    ) -> list[ReservedLine]:
+        header = await self._lock_header(order_id)
+        final = ReservationStatus.EXPIRED if expired else ReservationStatus.RELEASED
+        if header is None:
+            if not expired:
+                # Released before it was made: a late reserve command must find this.
+                await self._conn.execute(
+                    dialect_insert(self._conn, reservations)
+                    .values(
+                        order_id=order_id,
+                        status=final.value,
+                        expires_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .on_conflict_do_nothing()
+                )
+            return []
+        held = await self.lines(order_id, ReservationStatus.ACTIVE)
+        for line in sorted(held, key=lambda x: (x.sku, x.warehouse_id)):
+            await self._conn.execute(
+                stock.update()
+                .where(stock.c.sku == line.sku, stock.c.warehouse_id == line.warehouse_id)
+                .values(reserved=stock.c.reserved - line.quantity)
+            )
+        await self._settle(order_id, held, ReservationStatus.RELEASED)
+        if header == ReservationStatus.ACTIVE:
+            await self._conn.execute(
+                reservations.update()
+                .where(reservations.c.order_id == order_id)
+                .values(status=final.value, updated_at=now)
+            )
+        await record_stock_changes(
+            self._conn,
+            [
+                _change(LedgerKind.RELEASE, x.sku, x.warehouse_id, 0, -x.quantity, order_id)
+                for x in held
+            ],
+            now,
+        )
+        return held
+
+    async def ship(self, order_id: str, warehouse_id: str, now: datetime) -> list[ReservedLine]:
+        await self._lock_header(order_id)
+        held = [
+            x
+            for x in await self.lines(order_id, ReservationStatus.ACTIVE)
+            if x.warehouse_id == warehouse_id
+        ]
+        for line in held:
+            await self._conn.execute(
+                stock.update()
+                .where(stock.c.sku == line.sku, stock.c.warehouse_id == line.warehouse_id)
+                .values(
+                    on_hand=stock.c.on_hand - line.quantity,
+                    reserved=stock.c.reserved - line.quantity,
+                )
+            )
+        await self._settle(order_id, held, ReservationStatus.SHIPPED)
+        if held and not await self.lines(order_id, ReservationStatus.ACTIVE):
+            await self._conn.execute(
+                reservations.update()
+                .where(reservations.c.order_id == order_id)
+                .values(status=ReservationStatus.SHIPPED.value, updated_at=now)
+            )
+        await record_stock_changes(
+            self._conn,
+            [
+                _change(LedgerKind.SHIP, x.sku, x.warehouse_id, -x.quantity, -x.quantity, order_id)
+                for x in held
+            ],
+            now,
+        )
+        return held
+
+    async def restock(self, order_id: str, lines: Sequence[ReservedLine], now: datetime) -> None:
+        for line in lines:
+            await self._conn.execute(
+                stock.update()
+                .where(stock.c.sku == line.sku, stock.c.warehouse_id == line.warehouse_id)
+                .values(on_hand=stock.c.on_hand + line.quantity)
+            )
+        await record_stock_changes(
+            self._conn,
+            [
+                _change(LedgerKind.RESTOCK, x.sku, x.warehouse_id, x.quantity, 0, order_id)
+                for x in lines
+            ],
+            now,
+        )
+
+    async def expiring(self, now: datetime, limit: int) -> list[str]:
+        rows = await self._conn.execute(
+            sa.select(reservations.c.order_id)
+            .join(orders, orders.c.id == reservations.c.order_id)
+            .where(
+                reservations.c.status == ReservationStatus.ACTIVE.value,
+                reservations.c.expires_at <= now,
+                orders.c.status.in_(_BEFORE_AUTHORIZATION),
+            )
+            .order_by(reservations.c.expires_at)
+            .limit(limit)
+        )
+        return [r.order_id for r in rows]
+
+
+class SqlPaymentRecords:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def get(self, order_id: str) -> PaymentRecord | None:
+        row = (
+            await self._conn.execute(sa.select(payments).where(payments.c.order_id == order_id))
+        ).one_or_none()
+        if row is None:
+            return None
+        return PaymentRecord(
+            order_id=row.order_id,
+            gateway=row.gateway,
+            reference=row.reference,
+            status=row.status,
+            currency=row.currency,
+            authorized_minor=row.authorized_minor,
+            captured_minor=row.captured_minor,
+            refunded_minor=row.refunded_minor,
+            decline_code=row.decline_code,
+            message=row.message,
+        )
+
+    async def put(self, record: PaymentRecord, now: datetime) -> None:
+        values = {
+            "gateway": record.gateway,
+            "reference": record.reference,
+            "status": record.status,
+            "currency": record.currency,
+            "authorized_minor": record.authorized_minor,
+            "captured_minor": record.captured_minor,
+            "refunded_minor": record.refunded_minor,
+            "decline_code": record.decline_code,
+            "message": record.message,
+            "updated_at": now,
+        }
+        insert = dialect_insert(self._conn, payments).values(order_id=record.order_id, **values)
+        await self._conn.execute(
+            insert.on_conflict_do_update(index_elements=[payments.c.order_id], set_=values)
+        )
+
+    async def tombstone(self, order_id: str, currency: str, now: datetime) -> bool:
+        inserted = (
+            await self._conn.execute(
+                dialect_insert(self._conn, payments)
+                .values(
+                    order_id=order_id,
+                    gateway="none",
+                    reference=None,
+                    status="VOIDED",
+                    currency=currency,
+                    authorized_minor=0,
+                    captured_minor=0,
+                    refunded_minor=0,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing()
+                .returning(payments.c.order_id)
+            )
+        ).first()
+        return inserted is not None
+
+    async def record(self, operation: PaymentOperation, now: datetime) -> None:
+        await self._conn.execute(
+            payment_operations.insert(),
+            {
+                "order_id": operation.order_id,
+                "kind": operation.kind,
+                "key": operation.key,
+                "amount_minor": operation.amount_minor,
+                "ok": operation.ok,
+                "reference": operation.reference,
+                "decline_code": operation.decline_code,
+                "message": operation.message,
+                "at": now,
+            },
+        )
+
+
+def _shipment(row: Any) -> Shipment:
+    return Shipment(
+        id=row.id,
+        order_id=row.order_id,
+        warehouse_id=row.warehouse_id,
+        status=row.status,
+        lines=tuple(ReservedLine(x["sku"], x["warehouseId"], x["quantity"]) for x in row.lines),
+        value_minor=row.value_minor,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class SqlShipments:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def create(self, items: Sequence[Shipment]) -> None:
+        await self._conn.execute(
+            shipments.insert(),
+            [
+                {
+                    "id": s.id,
+                    "order_id": s.order_id,
+                    "warehouse_id": s.warehouse_id,
+                    "status": s.status,
+                    "lines": [
+                        {"sku": x.sku, "warehouseId": x.warehouse_id, "quantity": x.quantity}
+                        for x in s.lines
+                    ],
+                    "value_minor": s.value_minor,
+                    "created_at": s.created_at,
+                    "updated_at": s.updated_at,
+                }
+                for s in items
+            ],
+        )
+
+    async def for_order(self, order_id: str) -> list[Shipment]:
+        rows = await self._conn.execute(
+            sa.select(shipments).where(shipments.c.order_id == order_id).order_by(shipments.c.id)
+        )
+        return [_shipment(r) for r in rows]
+
+    async def get(self, shipment_id: str) -> Shipment | None:
+        row = (
+            await self._conn.execute(sa.select(shipments).where(shipments.c.id == shipment_id))
+        ).one_or_none()
+        return None if row is None else _shipment(row)
+
+    async def move(self, shipment_id: str, from_status: str, to_status: str, now: datetime) -> bool:
+        result = await self._conn.execute(
+            shipments.update()
+            .where(shipments.c.id == shipment_id, shipments.c.status == from_status)
+            .values(status=to_status, updated_at=now)
+        )
+        return result.rowcount == 1
+
+
+class SqlFraudReviews:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def open(self, review: FraudReview) -> None:
+        await self._conn.execute(
+            dialect_insert(self._conn, fraud_reviews)
+            .values(
+                order_id=review.order_id,
+                status=review.status,
+                verdict=dict(review.verdict),
+                created_at=review.created_at,
+                expires_at=review.expires_at,
+            )
+            .on_conflict_do_nothing()
+        )
+
+    async def get(self, order_id: str) -> FraudReview | None:
+        row = (
+            await self._conn.execute(
+                sa.select(fraud_reviews).where(fraud_reviews.c.order_id == order_id)
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        return FraudReview(
+            order_id=row.order_id,
+            status=row.status,
+            verdict=row.verdict,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            decided_by=row.decided_by,
+            decided_at=row.decided_at,
+        )
+
+    async def decide(self, order_id: str, status: str, by: str, now: datetime) -> bool:
+        result = await self._conn.execute(
+            fraud_reviews.update()
+            .where(fraud_reviews.c.order_id == order_id, fraud_reviews.c.status == "PENDING")
+            .values(status=status, decided_by=by, decided_at=now)
+        )
+        return result.rowcount == 1
