@@ -43,7 +43,7 @@ from bench.pipeline.producer import Produced, burst, steady
 from bench.pipeline.worker import READY
 
 BACKGROUND_STARTED = "background processing started"
-PROCESS_ORDER = "process-order"
+PROCESS_ORDER = "order-saga"
 VACUUM = "VACUUM (ANALYZE) outbox_messages, bench_items, processed_messages"
 PROGRESS_EVERY_S = 3.0
 

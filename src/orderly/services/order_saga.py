@@ -40,6 +40,7 @@ _STATUS_EVENTS = {
 }
 _STEP_EVENTS = {"fulfil": "order.shipped", "capture": "order.payment_captured"}
 _LOGGED_EVENTS = {
+    "saga.started": "order.processing_started",
     "step.failed": "order.step_failed",
     "step.timed_out": "order.step_timed_out",
     "step.hold_expired": "order.review_expired",
@@ -133,7 +134,12 @@ class OrderSagaHooks:
             uow,
             ORDER_CHANGED,
             state.key,
-            {"orderId": facts.id, "customerId": facts.customer_id, "events": appended},
+            {
+                "orderId": facts.id,
+                "customerId": facts.customer_id,
+                "placedAt": facts.created_at.isoformat(),
+                "events": appended,
+            },
             correlation,
             cause,
         )

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -48,6 +49,9 @@ TYPE = "test.stock-added"
 @dataclass
 class RecordingAlerts:
     letters: list[tuple[NewDeadLetter, int]] = field(default_factory=list)
+
+    async def needs_attention(self, order_id: str, why: str, detail: dict[str, Any]) -> None:
+        raise AssertionError(f"no saga runs here, yet {order_id} needs attention: {why}")
 
     async def dead_lettered(self, letter: NewDeadLetter, letter_id: int) -> None:
         self.letters.append((letter, letter_id))

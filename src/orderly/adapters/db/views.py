@@ -12,7 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderly.adapters.db.engine import READ_ONLY
 from orderly.adapters.db.errors import is_connection_problem
-from orderly.adapters.db.tables import order_events, order_lines, orders, products, stock
+from orderly.adapters.db.tables import (
+    order_events,
+    order_lines,
+    orders,
+    payments,
+    products,
+    shipments,
+    stock,
+)
 from orderly.services.ports import JSON, Page, StorageUnavailable
 
 
@@ -30,7 +38,44 @@ def _line(row: Any) -> JSON:
     }
 
 
-def _order(row: Any, lines: list[JSON]) -> JSON:
+def _payment(row: Any) -> JSON:
+    if row is None:
+        return {
+            "status": "NONE",
+            "gateway": None,
+            "reference": None,
+            "authorized": 0,
+            "captured": 0,
+            "refunded": 0,
+            "declineCode": None,
+            "message": None,
+        }
+    return {
+        "status": row.status,
+        "gateway": row.gateway,
+        "reference": row.reference,
+        "authorized": row.authorized_minor,
+        "captured": row.captured_minor,
+        "refunded": row.refunded_minor,
+        "declineCode": row.decline_code,
+        "message": row.message,
+    }
+
+
+def _shipment(row: Any) -> JSON:
+    return {
+        "id": row.id,
+        "warehouseId": row.warehouse_id,
+        "status": row.status,
+        "pickingList": [{"sku": x["sku"], "quantity": x["quantity"]} for x in row.lines],
+        "value": row.value_minor,
+        "updatedAt": iso(row.updated_at),
+    }
+
+
+def _order(
+    row: Any, lines: list[JSON], payment: JSON | None = None, shipped: list[JSON] | None = None
+) -> JSON:
     return {
         "orderId": row.id,
         "customerId": row.customer_id,
@@ -41,8 +86,8 @@ def _order(row: Any, lines: list[JSON]) -> JSON:
         "paymentMethod": row.payment_method,
         "shippingAddress": row.shipping_address,
         "items": lines,
-        "payment": {"status": "NONE", "authorized": 0, "captured": 0, "refunded": 0},
-        "shipments": [],
+        "payment": payment or _payment(None),
+        "shipments": shipped or [],
         "version": row.version,
         "createdAt": iso(row.created_at),
         "updatedAt": iso(row.updated_at),
@@ -74,7 +119,16 @@ class SqlViews:
                 .where(order_lines.c.order_id == order_id)
                 .order_by(order_lines.c.line_no)
             )
-            return _order(row, [_line(line) for line in lines])
+            line_list = [_line(line) for line in lines]
+            payment = (
+                await conn.execute(sa.select(payments).where(payments.c.order_id == order_id))
+            ).first()
+            shipped = await conn.execute(
+                sa.select(shipments)
+                .where(shipments.c.order_id == order_id)
+                .order_by(shipments.c.id)
+            )
+            return _order(row, line_list, _payment(payment), [_shipment(x) for x in shipped])
 
     async def orders(
         self, *, customer_id: str | None, status: str | None, page: int, size: int

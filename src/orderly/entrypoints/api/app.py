@@ -27,7 +27,7 @@ from orderly.entrypoints.api.problems import (
     on_validation_error,
     problem_response,
 )
-from orderly.entrypoints.api.routes import auth, catalogue, dlq, health, orders, ui
+from orderly.entrypoints.api.routes import admin_orders, auth, catalogue, dlq, health, orders, ui
 from orderly.services import idempotency
 from orderly.services.ports import StorageUnavailable
 
@@ -95,7 +95,7 @@ def create_app(container: Container, *, check_schema: bool = True) -> FastAPI:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     _add_domain_handlers(app)
 
-    for module in (orders, catalogue, auth, health, ui, dlq):
+    for module in (orders, admin_orders, catalogue, auth, health, ui, dlq):
         app.include_router(module.router)
     _document_problems(app)
     return app

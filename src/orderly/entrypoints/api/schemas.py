@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -150,10 +150,30 @@ class OrderAccepted(ApiModel):
 
 
 class PaymentSummary(ApiModel):
-    status: str
+    status: str = Field(
+        description="NONE, AUTHORIZED, DECLINED, VOIDED, CAPTURED, PARTIALLY_REFUNDED or REFUNDED"
+    )
+    gateway: str | None = None
+    reference: str | None = Field(default=None, description="the gateway's payment id")
     authorized: int
     captured: int
     refunded: int
+    decline_code: str | None = None
+    message: str | None = None
+
+
+class PickingLine(ApiModel):
+    sku: str
+    quantity: int
+
+
+class ShipmentOut(ApiModel):
+    id: str
+    warehouse_id: str
+    status: str = Field(description="REQUESTED, SHIPPED, FAILED, CANCELLED or RETURNED")
+    picking_list: list[PickingLine]
+    value: int = Field(description="value of the shipped lines, in minor units")
+    updated_at: str
 
 
 class AddressOut(ApiModel):
@@ -176,7 +196,7 @@ class OrderOut(ApiModel):
     shipping_address: AddressOut | None
     items: list[LineOut]
     payment: PaymentSummary
-    shipments: list[dict[str, Any]]
+    shipments: list[ShipmentOut]
     version: int
     created_at: str
     updated_at: str
@@ -242,3 +262,29 @@ class TokenOut(ApiModel):
 
 class Health(ApiModel):
     status: str
+
+
+class CancelAccepted(ApiModel):
+    order_id: str
+    cancellation: str = Field(
+        description="`cancelling` (compensation is running) or `cancelled` (already done)"
+    )
+
+
+class ReviewIn(ApiModel):
+    decision: Literal["approve", "reject"]
+
+
+class ReviewAccepted(ApiModel):
+    order_id: str
+    decision: Literal["approve", "reject"]
+
+
+class RefundIn(ApiModel):
+    amount: int = Field(gt=0, le=10**12, description="minor units, at most what is left captured")
+
+
+class RefundAccepted(ApiModel):
+    order_id: str
+    refund_id: str
+    amount: int

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, cast
 
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Request
@@ -13,6 +14,7 @@ from orderly.entrypoints.api.deps import ContainerDep, PrincipalDep
 from orderly.entrypoints.api.problems import ProblemError, problem_responses
 from orderly.entrypoints.api.schemas import (
     NO_NUL,
+    CancelAccepted,
     EventOut,
     OrderAccepted,
     OrderOut,
@@ -22,8 +24,9 @@ from orderly.entrypoints.api.schemas import (
 from orderly.services import idempotency
 from orderly.services.idempotency import ActionResult
 from orderly.services.idempotency_types import IdempotencyScope, StoredResponse
+from orderly.services.order_saga import OrderConflict, OrderNotFound, cancel_order
 from orderly.services.orders import PlaceOrder, handle_place_order
-from orderly.services.ports import JSON, UnitOfWork
+from orderly.services.ports import JSON, MessageUnitOfWork, UnitOfWork
 
 router = APIRouter(prefix="/api/orders", tags=["orders"])
 
@@ -155,6 +158,81 @@ async def place_order(
     if outcome.replayed:
         headers["idempotent-replayed"] = "true"
     return Response(stored.body, status_code=stored.status_code, headers=headers)
+
+
+SagaAction = Callable[[MessageUnitOfWork], Awaitable[tuple[int, JSON]]]
+
+
+async def run_idempotent(
+    request: Request,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    route: str,
+    idempotency_key: str | None,
+    action: SagaAction,
+) -> Response:
+    """Run a state-changing request at most once per Idempotency-Key, replaying it after."""
+    key = idempotency.parse_key(idempotency_key)
+    raw = await request.body()
+    scope = IdempotencyScope(principal.user_id, "POST", route, key)
+    body_fingerprint = idempotency.fingerprint(orjson.loads(raw) if raw else None)
+
+    async def act(uow: UnitOfWork) -> ActionResult:
+        status, body = await action(cast(MessageUnitOfWork, uow))
+        response = StoredResponse(
+            status_code=status,
+            headers=(("content-type", "application/json"),),
+            body=orjson.dumps(body),
+        )
+        return ActionResult(response)
+
+    outcome = await idempotency.execute(
+        container.message_uow,
+        scope,
+        body_fingerprint,
+        act,
+        clock=container.clock,
+        ttl=container.idempotency_ttl,
+    )
+    stored = outcome.response
+    headers = dict(stored.headers)
+    if outcome.replayed:
+        headers["idempotent-replayed"] = "true"
+    return Response(stored.body, status_code=stored.status_code, headers=headers)
+
+
+@router.post(
+    "/{order_id}/cancel",
+    status_code=202,
+    summary="Cancel an order before fulfilment (idempotent)",
+    response_model=CancelAccepted,
+    responses={
+        202: {"description": "Cancellation runs the compensations; the order ends CANCELLED."},
+        **problem_responses(400, 401, 404, 409, 422, 503),
+    },
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY_PARAMETER]},
+)
+async def cancel(
+    request: Request,
+    order_id: OrderId,
+    container: ContainerDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    customer = None if principal.is_admin else principal.user_id
+
+    async def action(uow: MessageUnitOfWork) -> tuple[int, JSON]:
+        try:
+            outcome = await cancel_order(uow, container.saga_runner(), order_id, customer)
+        except OrderNotFound as exc:
+            raise ProblemError(404, "not-found", f"no order {order_id}") from exc
+        except OrderConflict as exc:
+            raise ProblemError(409, "conflict", str(exc)) from exc
+        return 202, {"orderId": order_id, "cancellation": outcome}
+
+    return await run_idempotent(
+        request, container, principal, f"{ORDERS_ROUTE}/{{id}}/cancel", idempotency_key, action
+    )
 
 
 async def _visible_order(container: ContainerDep, principal: PrincipalDep, order_id: str) -> JSON:
