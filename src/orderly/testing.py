@@ -13,11 +13,12 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from orderly.domain.catalogue import Product, StockLevel
 from orderly.domain.events import Event, Message
 from orderly.domain.money import Money
+from orderly.domain.notifications import Notification
 from orderly.domain.orders import Order, PlacedOrder
 from orderly.services.idempotency_types import (
     Claimed,
@@ -28,7 +29,7 @@ from orderly.services.idempotency_types import (
     KeyRecord,
     StoredResponse,
 )
-from orderly.services.ports import StockChange
+from orderly.services.ports import NewDeadLetter, StockChange
 
 
 class ManualClock:
@@ -200,3 +201,32 @@ class FakeUnitOfWork:
         if self.idempotency.claimed is not None:
             self._db.held.discard(self.idempotency.claimed)
             self.idempotency.claimed = None
+
+
+class RecordingNotifier:
+    """A notifier that keeps what it was asked to send (for tests of the notification path)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.sent: list[Notification] = []
+
+    async def send(self, notification: Notification) -> None:
+        self.sent.append(notification)
+
+    async def close(self) -> None:
+        return None
+
+
+class RecordingAlerts:
+    """Alerts that keep every dead letter and every order that needs attention."""
+
+    def __init__(self) -> None:
+        self.dead_letters: list[int] = []
+        self.attention: list[tuple[str, str]] = []
+
+    async def dead_lettered(self, letter: NewDeadLetter, letter_id: int) -> None:
+        self.dead_letters.append(letter_id)
+
+    async def needs_attention(self, order_id: str, why: str, detail: dict[str, Any]) -> None:
+        self.attention.append((order_id, why))

@@ -128,7 +128,13 @@ class Deployment:
         raise AssertionError("unreachable")
 
     async def pending_orders(self) -> int:
-        return int(await self.scalar("SELECT count(*) FROM orders WHERE status = 'PENDING'"))
+        """Orders whose saga has not reached an outcome yet."""
+        return int(
+            await self.scalar(
+                "SELECT count(*) FROM orders WHERE status NOT IN "
+                "('CONFIRMED', 'FAILED', 'CANCELLED', 'NEEDS_ATTENTION')"
+            )
+        )
 
     async def wait_until_settled(self, expected: int, within: float = 120.0) -> None:
         deadline = time.monotonic() + within
@@ -140,7 +146,7 @@ class Deployment:
         logs = "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in self.processes)
         pending = await self.pending_orders()
         raise AssertionError(
-            f"{pending} of {expected} orders still PENDING after {within}s\n{logs}"
+            f"{pending} of {expected} orders still unsettled after {within}s\n{logs}"
         )
 
     def stop_processes(self) -> None:
