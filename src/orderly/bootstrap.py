@@ -18,6 +18,7 @@ from orderly.adapters.db.engine import create_engine, dispose_engine
 from orderly.adapters.db.migrate import check_schema, upgrade
 from orderly.adapters.db.outbox_queue import OutboxQueue, OutboxSignal
 from orderly.adapters.db.postgres import PgUnitOfWork
+from orderly.adapters.db.read_models import SqlProjectionStore, SqlTrail
 from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.seed import seed_demo_catalogue
 from orderly.adapters.db.views import SqlViews
@@ -57,6 +58,7 @@ from orderly.services.ports import (
     Tokens,
     UnitOfWork,
 )
+from orderly.services.projections import projections_handler
 from orderly.services.relay import Relay, RelayOptions
 from orderly.services.saga import RegisteredSaga, SagaRunner, SagaTimeouts
 
@@ -169,7 +171,7 @@ class Container:
         steps = self.step_settings()
         clock, ids = self.clock, self.ids
         return [
-            start_handler(runner, policy),
+            start_handler(runner, policy, clock=clock, ids=ids),
             runner.reply_handler(policy),
             inventory_handler(steps, clock=clock, ids=ids, policy=policy),
             fraud_handler(self.fraud_engine(), steps, clock=clock, ids=ids, policy=policy),
@@ -179,7 +181,14 @@ class Container:
             notification_handler(self.notifier(), policy),
             alert_handler(self.alerts(), policy),
             refund_handler(self.gateway(), policy, clock=self.clock, ids=self.ids),
+            projections_handler(policy),
         ]
+
+    def projection_store(self) -> SqlProjectionStore:
+        return SqlProjectionStore(self.engine)
+
+    def trail(self) -> SqlTrail:
+        return SqlTrail(self.engine)
 
     def saga_timeouts(self) -> SagaTimeouts:
         return SagaTimeouts(

@@ -116,6 +116,9 @@ class SagaDefinition:
             raise ValueError(f"saga {self.name}: steps need unique names")
         seen: set[str] = set()
         for step in self.steps:
+            kinds = (step.succeeded, step.failed, step.held, step.compensated)
+            if sum(len(k) for k in kinds) != len(frozenset().union(*kinds)):
+                raise ValueError(f"saga {self.name}: step {step.name} uses a reply type twice")
             replies = step.succeeded | step.failed | step.held | step.compensated
             if step.command is not None and not step.succeeded:
                 raise ValueError(f"saga {self.name}: step {step.name} has no success reply")
@@ -125,7 +128,10 @@ class SagaDefinition:
                 raise ValueError(f"saga {self.name}: reply types {replies & seen} used twice")
             seen |= replies
         for interrupt in self.interrupts:
-            self.step(interrupt.until_step)
+            if interrupt.until_step not in names:
+                raise ValueError(f"saga {self.name}: interrupt {interrupt.type} names no step")
+            if interrupt.type in seen:
+                raise ValueError(f"saga {self.name}: interrupt {interrupt.type} is a step reply")
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -269,7 +275,11 @@ def on_reply(definition: SagaDefinition, state: SagaState, reply: Reply, now: da
         return out.unchanged()
     step = definition.steps[index]
     if reply.type == COMPENSATION_FAILED:
-        if state.status is SagaStatus.COMPENSATING and index == state.step:
+        if (
+            state.status is SagaStatus.COMPENSATING
+            and state.step_status is StepStatus.COMPENSATING
+            and index == state.step
+        ):
             out.log("compensation.failed", step.name, reply.data)
             out.needs_attention(f"compensation of {step.name} failed", reply.data)
             return out.decision()
@@ -292,7 +302,9 @@ def on_timeout(definition: SagaDefinition, state: SagaState, now: datetime) -> D
     if state.status is SagaStatus.RUNNING:
         if state.step_status is StepStatus.HELD:
             out.log("step.hold_expired", step.name)
-            out.fail(step.hold_timeout_reason, {"step": step.name, "error": "hold expired"})
+            # A held step may have done something undoable before it held: undo it blind.
+            how = _UNCERTAIN if step.compensation is not None else _NOT_DONE
+            out.fail(step.hold_timeout_reason, {"step": step.name, "error": "hold expired"}, how)
         else:
             out.log("step.timed_out", step.name)
             out.fail(
@@ -365,6 +377,9 @@ def _compensating_reply(out: _Builder, step: Step, reply: Reply) -> Decision:
             out.set(data={**state.data, step.name: dict(reply.data)}, done=(*state.done, step.name))
             out.compensate_from(len(state.done))
             return out.decision()
+        if reply.type in step.held and step.compensation is not None:
+            # Not a final answer: keep waiting for one, or for the abandon deadline.
+            return out.unchanged()
         if reply.type in step.failed or reply.type == STEP_FAILED or reply.type in step.held:
             out.log("step.abandoned", step.name, reply.data)
             out.compensate_from(len(state.done) - 1)
@@ -454,8 +469,12 @@ class _Builder:
         if how == _UNCERTAIN:
             self.set(done=(*state.done, current.name))
             self.compensate_from(len(state.done))
-        elif how == _ABANDON and state.step_status is StepStatus.REQUESTED:
-            self.set(step_status=StepStatus.ABANDONING, deadline=self.now + current.timeout)
+        elif how == _ABANDON and (
+            state.step_status is StepStatus.REQUESTED
+            or (state.step_status is StepStatus.HELD and current.compensation is not None)
+        ):
+            wait = current.hold_timeout if state.step_status is StepStatus.HELD else current.timeout
+            self.set(step_status=StepStatus.ABANDONING, deadline=self.now + wait)
             self.log("step.abandoning", current.name)
         else:
             self.compensate_from(len(state.done) - 1)

@@ -21,6 +21,7 @@ from orderly.bootstrap import Container, UnknownTransport, bootstrap, configure_
 from orderly.config import InsecureSettings, Settings
 from orderly.entrypoints.api.app import create_app
 from orderly.entrypoints.cli_dlq import dlq_app
+from orderly.entrypoints.cli_orders import orders_app, projections_app
 from orderly.entrypoints.worker import run_background, stop_on_signals
 from orderly.services import idempotency
 from orderly.services.ports import StorageUnavailable
@@ -29,6 +30,8 @@ app = typer.Typer(
     help="orderly: event-driven order processing.", no_args_is_help=True, add_completion=False
 )
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(orders_app, name="orders")
+app.add_typer(projections_app, name="projections")
 console = Console()
 err = Console(stderr=True)
 

@@ -14,7 +14,12 @@ from orderly.domain.order_saga import RESERVATION_EXPIRED
 from orderly.domain.processing import FailureReason
 from orderly.services.consumer import Handler, PermanentError, RetryPolicy
 from orderly.services.notifications import NotificationRejected, Notifier
-from orderly.services.order_saga import ADMIN_REFUND, ALERT_NEEDS_ATTENTION, NOTIFY_OUTCOME
+from orderly.services.order_saga import (
+    ADMIN_REFUND,
+    ALERT_NEEDS_ATTENTION,
+    NOTIFY_OUTCOME,
+    append_order_events,
+)
 from orderly.services.order_steps import payment_key
 from orderly.services.payments import PaymentError, PaymentGateway, PaymentResult
 from orderly.services.ports import Alerts, Clock, IdGenerator, MessageUnitOfWork
@@ -155,7 +160,7 @@ def refund_handler(
                 "reference": result.reference,
             },
         )
-        await uow.order_stream.append(order_id, [event], now, order_id, message.id)
+        await append_order_events(uow, order_id, [event], cause=message, ids=ids, clock=clock)
 
     async def handle(uow: MessageUnitOfWork, message: Message) -> None:
         raise PermanentError("refunds are applied through prepare/apply")

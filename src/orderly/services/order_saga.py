@@ -108,6 +108,43 @@ def _event_for(entry: LogEntry) -> NewOrderEvent | None:
     return None
 
 
+async def append_order_events(
+    uow: MessageUnitOfWork,
+    order_id: str,
+    events: list[NewOrderEvent],
+    *,
+    cause: Message | None,
+    ids: IdGenerator,
+    clock: Clock,
+) -> OrderFacts:
+    """Append to the order's stream and announce it (``order.changed``) to the read models."""
+    now = clock.now()
+    correlation = cause.correlation_id if cause else order_id
+    appended = await uow.order_stream.append(
+        order_id, events, now, correlation, cause.id if cause else None
+    )
+    facts = await uow.order_stream.facts(order_id)
+    if facts is None:
+        raise PermanentError(f"order {order_id} vanished")
+    await uow.outbox.add(
+        Message(
+            id=ids.new_id(),
+            type=ORDER_CHANGED,
+            key=order_id,
+            payload={
+                "orderId": facts.id,
+                "customerId": facts.customer_id,
+                "placedAt": facts.created_at.isoformat(),
+                "events": appended,
+            },
+            created_at=now,
+            correlation_id=correlation,
+            causation_id=cause.id if cause else None,
+        )
+    )
+    return facts
+
+
 @dataclass
 class OrderSagaHooks:
     """Turns saga decisions into order events, notifications, key updates and alerts."""
@@ -124,24 +161,8 @@ class OrderSagaHooks:
             return
         now = self.clock.now()
         correlation = cause.correlation_id if cause else state.key
-        appended = await uow.order_stream.append(
-            state.key, events, now, correlation, cause.id if cause else None
-        )
-        facts = await uow.order_stream.facts(state.key)
-        if facts is None:
-            raise PermanentError(f"order {state.key} vanished")
-        await self._send(
-            uow,
-            ORDER_CHANGED,
-            state.key,
-            {
-                "orderId": facts.id,
-                "customerId": facts.customer_id,
-                "placedAt": facts.created_at.isoformat(),
-                "events": appended,
-            },
-            correlation,
-            cause,
+        facts = await append_order_events(
+            uow, state.key, events, cause=cause, ids=self.ids, clock=self.clock
         )
         if any(e.kind == "step.hold_expired" for e in decision.log):
             await uow.fraud_reviews.decide(state.key, "EXPIRED", "system", now)
@@ -218,7 +239,9 @@ def outcome_payload(facts: OrderFacts, state: SagaState) -> JSON:
     }
 
 
-def start_handler(runner: SagaRunner, policy: RetryPolicy) -> Handler:
+def start_handler(
+    runner: SagaRunner, policy: RetryPolicy, *, clock: Clock, ids: IdGenerator
+) -> Handler:
     """Consumes ``order.placed`` and starts the order's saga."""
 
     async def handle(uow: MessageUnitOfWork, message: Message) -> None:
@@ -245,7 +268,7 @@ def start_handler(runner: SagaRunner, policy: RetryPolicy) -> Handler:
             OrderStatus.FAILED,
             failure_reason=FailureReason.PROCESSING_ERROR,
         )
-        await uow.order_stream.append(order_id, [event], message.created_at, order_id, message.id)
+        await append_order_events(uow, order_id, [event], cause=message, ids=ids, clock=clock)
         await uow.key_status.follow(order_id, OrderStatus.FAILED)
         return {"order": order_id, "orderFailed": True}
 

@@ -18,6 +18,7 @@ from orderly.services.idempotency_types import (
     IdempotencyScope,
     StoredResponse,
 )
+from orderly.services.read_model_ports import ReadModels
 from orderly.services.saga_ports import (
     FraudReviews,
     OrderStream,
@@ -304,6 +305,9 @@ class MessageUnitOfWork(UnitOfWork, Protocol):
 
     @property
     def fraud_reviews(self) -> FraudReviews: ...
+
+    @property
+    def read_models(self) -> ReadModels: ...
 
 
 MessageUnitOfWorkFactory = Callable[[], MessageUnitOfWork]

@@ -23,6 +23,7 @@ from orderly.adapters.db.message_repositories import (
     SqlOrderStates,
     SqlStock,
 )
+from orderly.adapters.db.read_models import SqlReadModels
 from orderly.adapters.db.saga_repositories import (
     SqlFraudReviews,
     SqlOrderStream,
@@ -377,6 +378,7 @@ class SqlUnitOfWork:
     payments: SqlPaymentRecords
     shipments: SqlShipments
     fraud_reviews: SqlFraudReviews
+    read_models: SqlReadModels
 
     def __init__(
         self, engine: AsyncEngine, on_outbox_commit: Callable[[], None] | None = None
@@ -420,6 +422,7 @@ class SqlUnitOfWork:
         self.payments = SqlPaymentRecords(conn)
         self.shipments = SqlShipments(conn)
         self.fraud_reviews = SqlFraudReviews(conn)
+        self.read_models = SqlReadModels(conn)
         return self
 
     async def __aexit__(

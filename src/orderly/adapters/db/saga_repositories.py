@@ -34,6 +34,7 @@ from orderly.adapters.db.tables import (
 )
 from orderly.domain.inventory import Available, LedgerKind, Pick, ReservationStatus
 from orderly.domain.saga import LogEntry, SagaState, SagaStatus, StepStatus
+from orderly.services.projections import STOCK_CHANGED
 from orderly.services.saga_ports import (
     JSON,
     FraudReview,
@@ -46,7 +47,6 @@ from orderly.services.saga_ports import (
     Shipment,
 )
 
-STOCK_CHANGED = "stock.changed"
 _TERMINAL = [s.value for s in SagaStatus if s.terminal]
 _BEFORE_AUTHORIZATION = ("PENDING", "RESERVED", "HELD_FOR_REVIEW")
 
