@@ -164,6 +164,8 @@ async def deployment(
     """A migrated and seeded database with nothing running yet; everything stopped after."""
     env = orderly_env(workdir, {"ORDERLY_DATABASE_URL": database_url, **overrides})
     env.setdefault("ORDERLY_LOG_LEVEL", "warning")
+    # One test shopper places hundreds of orders: the fraud velocity rule would hold them all.
+    env.setdefault("ORDERLY_FRAUD_VELOCITY_MAX_ORDERS", "1000000")
     made = Deployment(workdir, env, create_engine(database_url, pool_size=5))
     made.cli("migrate")
     made.cli("seed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from typing import Any
 
 import orjson
@@ -22,6 +23,25 @@ def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
 
 
 READ_ONLY = "orderly_read_only"
+
+_WRITER_GATES: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def writer_gate(engine: AsyncEngine) -> asyncio.Lock | None:
+    """SQLite's one writer, as a fair in-process queue; None on PostgreSQL.
+
+    SQLite lets one transaction write at a time. Without a gate, every concurrent writer of a
+    process spins in SQLite's busy handler, which is unfair: under load (a worker's many
+    consumer lanes) some waiters time out with "database is locked" while others go again and
+    again. Queued on this lock, a process's writers take turns, and only one per process
+    contends with other processes (the busy timeout covers that).
+    """
+    if engine.dialect.name != "sqlite":
+        return None
+    gate = _WRITER_GATES.get(engine.sync_engine)
+    if gate is None:
+        gate = _WRITER_GATES[engine.sync_engine] = asyncio.Lock()
+    return gate
 
 
 def _json_dumps(value: Any) -> str:
@@ -63,7 +83,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA busy_timeout=15000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()

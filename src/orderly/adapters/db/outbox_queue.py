@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orderly.adapters.db.engine import writer_gate
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.tables import outbox_messages
 from orderly.domain.events import Message
@@ -261,16 +262,30 @@ class _Transaction:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._context: Any = None
+        self._gate = writer_gate(engine)
 
     async def __aenter__(self) -> Any:
+        if self._gate is not None:
+            await self._gate.acquire()
         self._context = self._engine.begin()
         try:
             return await self._context.__aenter__()
-        except Exception as exc:
-            # Connecting only fails because the database cannot be reached or refuses us.
-            raise StorageUnavailable(str(exc)) from exc
+        except BaseException as exc:
+            if self._gate is not None:
+                self._gate.release()
+            if isinstance(exc, Exception):
+                # Connecting only fails because the database cannot be reached or refuses us.
+                raise StorageUnavailable(str(exc)) from exc
+            raise
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await self._exit(*exc_info)
+        finally:
+            if self._gate is not None:
+                self._gate.release()
+
+    async def _exit(self, *exc_info: Any) -> None:
         try:
             await self._context.__aexit__(*exc_info)
         except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orderly.adapters.db.engine import dialect_insert
+from orderly.adapters.db.engine import dialect_insert, writer_gate
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.message_repositories import (
     SqlDeadLetters,
@@ -385,23 +386,18 @@ class SqlUnitOfWork:
     ) -> None:
         self._engine = engine
         self._conn: AsyncConnection | None = None
+        self._gate: asyncio.Lock | None = None
         self._on_outbox_commit = on_outbox_commit
 
     async def __aenter__(self) -> Self:
+        gate = self._gate = writer_gate(self._engine)
+        if gate is not None:
+            await gate.acquire()
         try:
-            conn = await self._engine.connect()
-        except Exception as exc:
-            # Connecting only fails because the database cannot be reached or refuses us.
-            raise StorageUnavailable(str(exc)) from exc
-        try:
-            await conn.begin()
-        except BaseException as exc:
-            broken = is_connection_problem(exc)
-            if broken:
-                await conn.invalidate()
-            await conn.close()
-            if broken:
-                raise StorageUnavailable(str(exc)) from exc
+            conn = await self._open()
+        except BaseException:
+            if gate is not None:
+                gate.release()
             raise
         self._conn = conn
         self.products = SqlProductRepository(conn)
@@ -425,12 +421,38 @@ class SqlUnitOfWork:
         self.read_models = SqlReadModels(conn)
         return self
 
+    async def _open(self) -> AsyncConnection:
+        try:
+            conn = await self._engine.connect()
+        except Exception as exc:
+            # Connecting only fails because the database cannot be reached or refuses us.
+            raise StorageUnavailable(str(exc)) from exc
+        try:
+            await conn.begin()
+        except BaseException as exc:
+            broken = is_connection_problem(exc)
+            if broken:
+                await conn.invalidate()
+            await conn.close()
+            if broken:
+                raise StorageUnavailable(str(exc)) from exc
+            raise
+        return conn
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        gate, self._gate = self._gate, None
+        try:
+            await self._close(exc)
+        finally:
+            if gate is not None:
+                gate.release()
+
+    async def _close(self, exc: BaseException | None) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
