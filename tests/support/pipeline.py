@@ -166,6 +166,8 @@ async def deployment(
     env.setdefault("ORDERLY_LOG_LEVEL", "warning")
     # One test shopper places hundreds of orders: the fraud velocity rule would hold them all.
     env.setdefault("ORDERLY_FRAUD_VELOCITY_MAX_ORDERS", "1000000")
+    # Several processes share one PostgreSQL (max_connections 100) with the test itself.
+    env.setdefault("ORDERLY_DB_POOL_SIZE", "8")
     made = Deployment(workdir, env, create_engine(database_url, pool_size=5))
     made.cli("migrate")
     made.cli("seed")
