@@ -21,6 +21,7 @@ from orderly.services.order_saga import (
     request_refund,
 )
 from orderly.services.ports import JSON, MessageUnitOfWork
+from orderly.services.read_model_ports import TrailView
 
 router = APIRouter(prefix="/api/admin/orders", tags=["admin"])
 
@@ -103,3 +104,17 @@ async def refund(
     return await run_idempotent(
         request, container, admin, "/api/admin/orders/{id}/refund", idempotency_key, action
     )
+
+
+@router.get(
+    "/{order_id}/trail",
+    summary="Everything that happened to an order: events, saga steps, attempts, dead letters, "
+    "gateway calls and shipments, oldest first",
+    responses=problem_responses(401, 403, 404, 503),
+)
+async def trail(order_id: OrderId, container: ContainerDep, admin: AdminDep) -> JSON:
+    view: TrailView = container.trail()
+    found = await view.trail(order_id)
+    if found is None:
+        raise ProblemError(404, "not-found", f"no order {order_id}")
+    return found
