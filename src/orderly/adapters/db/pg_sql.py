@@ -82,3 +82,13 @@ ON CONFLICT (sku, warehouse_id) DO UPDATE SET on_hand = excluded.on_hand
 WHERE stock.reserved <= excluded.on_hand
 RETURNING sku, warehouse_id, on_hand, reserved
 """
+
+STOCK_ON_HAND_FOR_UPDATE = """
+SELECT on_hand FROM stock WHERE sku = $1::varchar AND warehouse_id = $2::varchar FOR UPDATE
+"""
+
+INSERT_LEDGER = """
+INSERT INTO stock_ledger (sku, warehouse_id, kind, on_hand_delta, reserved_delta, order_id, at)
+VALUES ($1::varchar, $2::varchar, $3::varchar, $4::integer, $5::integer, $6::varchar,
+        $7::timestamptz)
+"""

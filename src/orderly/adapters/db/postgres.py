@@ -9,8 +9,9 @@ order with its lines and first event in one statement. Behaviour is the one of
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -22,6 +23,7 @@ from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.pg_sql import (
     CLAIM_KEY,
     COMPLETE_KEY,
+    INSERT_LEDGER,
     INSERT_ORDER,
     INSERT_OUTBOX,
     PRODUCT_EXISTS,
@@ -30,9 +32,11 @@ from orderly.adapters.db.pg_sql import (
     SELECT_PRODUCTS,
     SET_ON_HAND,
     STOCK_LEVELS,
+    STOCK_ON_HAND_FOR_UPDATE,
     WAREHOUSE_EXISTS,
 )
 from orderly.adapters.db.repositories import advisory_lock_id, key_record
+from orderly.adapters.db.saga_repositories import stock_changed_payload
 from orderly.domain.catalogue import Product, StockLevel
 from orderly.domain.events import Message
 from orderly.domain.money import Money
@@ -46,6 +50,7 @@ from orderly.services.idempotency_types import (
     StoredResponse,
 )
 from orderly.services.ports import StockChange, StorageUnavailable
+from orderly.services.projections import STOCK_CHANGED
 
 
 def _json(value: Any) -> str:
@@ -178,9 +183,37 @@ class PgInventory:
         return await self._db.fetchval(WAREHOUSE_EXISTS, warehouse_id) is not None
 
     async def set_on_hand(self, change: StockChange) -> StockLevel | None:
+        """Set on_hand (never below reserved); the difference is a ledger adjustment."""
+        before = await self._db.fetchval(STOCK_ON_HAND_FOR_UPDATE, change.sku, change.warehouse_id)
         row = await self._db.fetchrow(SET_ON_HAND, change.sku, change.warehouse_id, change.on_hand)
         if row is None:
             return None
+        delta = row["on_hand"] - (before or 0)
+        if delta:
+            now = datetime.now(UTC)
+            adjustment = {
+                "sku": change.sku,
+                "warehouse_id": change.warehouse_id,
+                "kind": "adjust",
+                "on_hand_delta": delta,
+                "reserved_delta": 0,
+                "order_id": None,
+            }
+            await self._db.execute(
+                INSERT_LEDGER, change.sku, change.warehouse_id, "adjust", delta, 0, None, now
+            )
+            payload = orjson.dumps(stock_changed_payload([adjustment], now)).decode()
+            await self._db.execute(
+                INSERT_OUTBOX,
+                str(uuid.uuid4()),
+                STOCK_CHANGED,
+                change.sku,
+                payload,
+                "{}",
+                change.sku,
+                None,
+                now,
+            )
         return StockLevel(row["sku"], row["warehouse_id"], row["on_hand"], row["reserved"])
 
 

@@ -247,13 +247,8 @@ class SqlOrderStream:
         return int(count or 0)
 
 
-async def record_stock_changes(
-    conn: AsyncConnection, changes: Sequence[JSON], now: datetime
-) -> None:
-    """Ledger entries for ``changes`` and one message for the inventory read model."""
-    if not changes:
-        return
-    await conn.execute(stock_ledger.insert(), [{**c, "at": now} for c in changes])
+def stock_changed_payload(changes: Sequence[JSON], now: datetime) -> JSON:
+    """The ``stock.changed`` message body for ledger ``changes`` (what the read model adds)."""
     entries = [
         {
             "sku": c["sku"],
@@ -265,6 +260,16 @@ async def record_stock_changes(
         }
         for c in changes
     ]
+    return {"entries": entries, "at": now.isoformat()}
+
+
+async def record_stock_changes(
+    conn: AsyncConnection, changes: Sequence[JSON], now: datetime
+) -> None:
+    """Ledger entries for ``changes`` and one message for the inventory read model."""
+    if not changes:
+        return
+    await conn.execute(stock_ledger.insert(), [{**c, "at": now} for c in changes])
     key = changes[0]["order_id"] or changes[0]["sku"]
     await conn.execute(
         outbox_messages.insert(),
@@ -272,7 +277,7 @@ async def record_stock_changes(
             "message_id": str(uuid.uuid4()),
             "type": STOCK_CHANGED,
             "key": key,
-            "payload": {"entries": entries, "at": now.isoformat()},
+            "payload": stock_changed_payload(changes, now),
             "headers": {},
             "correlation_id": key,
             "causation_id": None,
