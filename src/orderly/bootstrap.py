@@ -15,11 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orderly.adapters.alerts import LogAlerts, WebhookAlerts
 from orderly.adapters.auth import JwtTokens
 from orderly.adapters.db.engine import create_engine, dispose_engine
-from orderly.adapters.db.migrate import check_schema, upgrade
 from orderly.adapters.db.outbox_queue import OutboxQueue, OutboxSignal
 from orderly.adapters.db.postgres import PgUnitOfWork
 from orderly.adapters.db.read_models import SqlProjectionStore, SqlTrail
 from orderly.adapters.db.repositories import SqlUnitOfWork
+from orderly.adapters.db.schema import check_schema
 from orderly.adapters.db.seed import seed_demo_catalogue
 from orderly.adapters.db.views import SqlViews
 from orderly.adapters.system import SystemClock, UuidGenerator
@@ -240,6 +240,9 @@ class Container:
         await check_schema(self.engine)
 
     async def migrate(self) -> None:
+        # Alembic loads only here: every other process start checks the schema without it.
+        from orderly.adapters.db.migrate import upgrade
+
         await upgrade(self.engine)
 
     async def seed(self) -> int:

@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from orderly.adapters.db.migrate import SchemaOutdated, check_schema, head_revision
+from orderly.adapters.db.schema import HEAD_REVISION
 from orderly.adapters.db.tables import metadata
 from tests.conftest import Backend
 
@@ -66,3 +67,7 @@ async def test_event_versions_are_unique_per_order(backend: Backend) -> None:
         with pytest.raises(sa.exc.IntegrityError):
             await conn.execute(insert, {"t": backend.clock.now()})
         await conn.rollback()
+
+
+def test_the_start_up_check_knows_the_newest_migration() -> None:
+    assert head_revision() == HEAD_REVISION

@@ -10,16 +10,14 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import typer
-import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from orderly.adapters.db.migrate import SchemaOutdated
+from orderly.adapters.db.schema import SchemaOutdated
 from orderly.bootstrap import Container, UnknownTransport, bootstrap, configure_logging
 from orderly.config import InsecureSettings, Settings
-from orderly.entrypoints.api.app import create_app
 from orderly.entrypoints.cli_dlq import dlq_app
 from orderly.entrypoints.cli_orders import orders_app, projections_app
 from orderly.entrypoints.worker import run_background, stop_on_signals
@@ -92,6 +90,11 @@ def _with_container(settings: Settings, work: Callable[[Container], Awaitable[T]
 
 def _serve(settings: Settings, *, prepare: bool, background: bool) -> None:
     configure_logging(settings)
+
+    # The web stack loads only for the commands that serve HTTP (workers start faster).
+    import uvicorn
+
+    from orderly.entrypoints.api.app import create_app
 
     async def serve() -> None:
         container = bootstrap(settings)

@@ -6,13 +6,19 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orderly.adapters.db.schema import SchemaOutdated, check_schema, current_revision
 
-class SchemaOutdated(RuntimeError):
-    """The database schema is not at the revision this code needs."""
+__all__ = [
+    "SchemaOutdated",
+    "alembic_config",
+    "check_schema",
+    "current_revision",
+    "head_revision",
+    "upgrade",
+]
 
 
 def alembic_config() -> Config:
@@ -27,14 +33,6 @@ def head_revision() -> str:
     return head
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
-    def read(sync_conn: Any) -> str | None:
-        return MigrationContext.configure(sync_conn).get_current_revision()
-
-    async with engine.connect() as conn:
-        return await conn.run_sync(read)
-
-
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Apply every migration up to ``revision``."""
 
@@ -45,14 +43,3 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
 
     async with engine.begin() as conn:
         await conn.run_sync(run)
-
-
-async def check_schema(engine: AsyncEngine) -> None:
-    """Refuse to run on a schema older (or newer) than this code's head revision."""
-    current = await current_revision(engine)
-    head = head_revision()
-    if current != head:
-        raise SchemaOutdated(
-            f"the database schema is at revision {current or 'none'}, this orderly needs "
-            f"{head}: run `orderly migrate`"
-        )
