@@ -178,16 +178,23 @@ class ConsumerRuntime:
 
     async def _pump(self, handler: Handler, stop: asyncio.Event) -> None:
         options = self._options
+        lane_count = handler.lanes or options.lanes
+        # Hold at most two deliveries per lane: a message claimed under a lease must not wait
+        # in a queue until the lease runs out (it would be handed out again, a duplicate).
+        room = _Room(2 * lane_count)
         lanes: list[asyncio.Queue[Delivery | None]] = [
-            asyncio.Queue(maxsize=options.batch) for _ in range(handler.lanes or options.lanes)
+            asyncio.Queue() for _ in range(lane_count)
         ]
-        workers = [asyncio.create_task(self._lane(handler, lane)) for lane in lanes]
+        workers = [asyncio.create_task(self._lane(handler, lane, room)) for lane in lanes]
         pause = 0.5
         try:
             while not stop.is_set():
+                free = await room.wait_for_space(stop)
+                if free == 0:
+                    continue
                 try:
                     deliveries = await self._transport.receive(
-                        handler.subscription, options.batch, options.receive_timeout
+                        handler.subscription, min(options.batch, free), options.receive_timeout
                     )
                 except TransportUnavailable as exc:
                     log.warning(
@@ -200,18 +207,21 @@ class ConsumerRuntime:
                     pause = min(pause * 2, options.max_backoff)
                     continue
                 pause = 0.5
+                room.take(len(deliveries))
                 for delivery in deliveries:
                     index = zlib.crc32(delivery.message.key.encode()) % len(lanes)
-                    await lanes[index].put(delivery)
+                    lanes[index].put_nowait(delivery)
         finally:
             for lane in lanes:
-                await lane.put(None)
+                lane.put_nowait(None)
             _, unfinished = await asyncio.wait(workers, timeout=options.drain_timeout)
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
 
-    async def _lane(self, handler: Handler, lane: asyncio.Queue[Delivery | None]) -> None:
+    async def _lane(
+        self, handler: Handler, lane: asyncio.Queue[Delivery | None], room: _Room
+    ) -> None:
         while (delivery := await lane.get()) is not None:
             try:
                 await self.process(handler, delivery)
@@ -229,6 +239,8 @@ class ConsumerRuntime:
                     consumer=handler.consumer,
                     message_id=delivery.message.id,
                 )
+            finally:
+                room.give_back()
 
     async def process(self, handler: Handler, delivery: Delivery) -> None:
         """Apply one delivery exactly once, or account for its failure."""
@@ -382,6 +394,34 @@ class ConsumerRuntime:
                 log.warning("database unavailable, waiting", error=str(exc), wait=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self._options.max_backoff)
+
+
+class _Room:
+    """How many more deliveries a consumer may hold (received, not yet settled)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._free = capacity
+        self._changed = asyncio.Event()
+
+    def take(self, count: int) -> None:
+        self._free -= count
+
+    def give_back(self) -> None:
+        self._free += 1
+        self._changed.set()
+
+    async def wait_for_space(self, stop: asyncio.Event) -> int:
+        """The free room, once there is some (0 if ``stop`` was set meanwhile)."""
+        while self._free <= 0 and not stop.is_set():
+            self._changed.clear()
+            stopping = asyncio.ensure_future(stop.wait())
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait({stopping, changed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                changed.cancel()
+        return max(self._free, 0) if not stop.is_set() else 0
 
 
 def _replay_id(message: Message) -> int | None:
