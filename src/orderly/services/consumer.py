@@ -182,9 +182,7 @@ class ConsumerRuntime:
         # Hold at most two deliveries per lane: a message claimed under a lease must not wait
         # in a queue until the lease runs out (it would be handed out again, a duplicate).
         room = _Room(2 * lane_count)
-        lanes: list[asyncio.Queue[Delivery | None]] = [
-            asyncio.Queue() for _ in range(lane_count)
-        ]
+        lanes: list[asyncio.Queue[Delivery | None]] = [asyncio.Queue() for _ in range(lane_count)]
         workers = [asyncio.create_task(self._lane(handler, lane, room)) for lane in lanes]
         pause = 0.5
         try:

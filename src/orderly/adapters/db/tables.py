@@ -165,6 +165,15 @@ outbox_messages = sa.Table(
         postgresql_where=sa.text("sent_at IS NULL"),
         sqlite_where=sa.text("sent_at IS NULL"),
     ),
+    # A consumer claims only its own types: without this, every claim scans the backlog of
+    # every other type (quadratic under a burst of orders).
+    sa.Index(
+        "ix_outbox_messages_pending_type",
+        "type",
+        "id",
+        postgresql_where=sa.text("sent_at IS NULL"),
+        sqlite_where=sa.text("sent_at IS NULL"),
+    ),
 )
 
 processed_messages = sa.Table(
