@@ -1,14 +1,16 @@
 """Order sagas under injected faults, on SQLite and the real PostgreSQL.
 
-Each Hypothesis example places a fresh batch of orders on the same backend, with random stock,
-cards and warehouse failures, while it breaks things: handler transactions fail at commit (or
-lose the answer after committing), the payment gateway goes away before or after doing its
-work, outbox rows are delivered twice, and the consumer runtime is killed mid-flight and
-restarted (its leased rows come back after ``redelivery_after_seconds``). Whatever happened,
-once every order has settled the books must agree: nothing oversold, nothing left reserved,
-money taken only for what shipped, nothing kept from an order that did not complete.
+Each Hypothesis example empties the backend's tables, sets random stock and places a fresh
+batch of orders with random cards and warehouse failures, while it breaks things: handler
+transactions fail at commit (or lose the answer after committing), the payment gateway goes
+away before or after doing its work, outbox rows are delivered twice, and the consumer runtime
+is killed mid-flight and restarted (its leased rows come back after
+``redelivery_after_seconds``). Whatever happened, once every order has settled the books must
+agree: nothing oversold, nothing left reserved, money taken only for what shipped, nothing kept
+from an order that did not complete.
 
 Shrinking is off: one example takes seconds, and the failing example is printed either way.
+Each example starts from an empty database, so Hypothesis's replay of a failure is faithful.
 """
 
 from __future__ import annotations
@@ -185,10 +187,8 @@ async def test_orders_settle_consistently_whatever_breaks(rig: Rig, scenario: Sc
     rig.commit_faults = Faults(scenario.commit_fault_rate, rng)
     rig.gateway_faults.rate, rig.gateway_faults.rng = scenario.gateway_fault_rate, rng
     rig.gateway_faults.fired = 0
-    print("EXAMPLEDBG start", await h.all_stock(), flush=True)
+    await h.reset()
     for (sku, warehouse), on_hand in scenario.stock.items():
-        reserved = (await h.stock_levels(sku))[warehouse][1]
-        assert reserved == 0, f"a previous example left {sku}@{warehouse} reserved"
         await h.set_stock(sku, warehouse, on_hand)
     initial = await h.all_stock()
 
@@ -207,11 +207,12 @@ async def test_orders_settle_consistently_whatever_breaks(rig: Rig, scenario: Sc
         await h.start(uow=flaky, replace=[shipping])
 
     violations: list[str] = []
-    monitor = asyncio.create_task(_watch_stock(h, violations))
+    watching = asyncio.Event()
+    monitor = asyncio.create_task(_watch_stock(h, violations, watching))
     started = len(h.runtimes)
     copies = 0
-    await start()
     try:
+        await start()
         order_ids = list(
             await asyncio.gather(*(h.place(items, card) for items, card in scenario.orders))
         )
@@ -228,25 +229,25 @@ async def test_orders_settle_consistently_whatever_breaks(rig: Rig, scenario: Sc
         await _quiet(h, within=30)
     finally:
         await h.stop()
-        monitor.cancel()
-        await asyncio.gather(monitor, return_exceptions=True)
+        watching.set()  # not cancel(): never interrupt a query (see SagaHarness.crash)
+        await monitor
 
     for order in orders:
         event(f"order {order.status}/{order.failure_reason}")
-    event(f"crashes: {sum(what == 'crash' for _, what in scenario.chaos)}")
+    crashes = sum(what == "crash" for _, what in scenario.chaos)
+    event(f"crashes: {crashes}")
     event(f"injected faults: {rig.commit_faults.fired + rig.gateway_faults.fired > 0}")
     event(f"messages delivered twice: {copies > 0}")
     assert not violations, violations
-    skipped = sum(runtime.stats.duplicates for runtime in h.runtimes[started:])
-    assert skipped >= copies, f"{copies} messages delivered twice, {skipped} skipped"
+    if crashes == 0:  # a crash may strike after a commit and before the runtime counts it
+        skipped = sum(runtime.stats.duplicates for runtime in h.runtimes[started:])
+        assert skipped >= copies, f"{copies} messages delivered twice, {skipped} skipped"
     await _check_books(h, orders, initial)
-    await asyncio.sleep(0.5)
-    print("EXAMPLEDBG passed", scenario, await h.all_stock(), flush=True)
 
 
-async def _watch_stock(h: SagaHarness, violations: list[str]) -> None:
+async def _watch_stock(h: SagaHarness, violations: list[str], done: asyncio.Event) -> None:
     """No oversell, ever: sample the stock while the orders run."""
-    while True:
+    while not done.is_set():
         for item, (on_hand, reserved) in (await h.all_stock()).items():
             if on_hand < 0 or reserved < 0 or reserved > on_hand:
                 violations.append(f"{item}: on hand {on_hand}, reserved {reserved}")
@@ -293,7 +294,7 @@ async def _quiet(h: SagaHarness, within: float) -> None:
     )
 
     async def quiet() -> bool:
-        async with h.container.engine.connect() as conn:
+        async with h.read() as conn:
             return (await conn.scalar(pending)) == 0
 
     await h.wait_until(quiet, "the outbox to drain", within)

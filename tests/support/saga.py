@@ -13,6 +13,7 @@ reservation TTLs (which only act when a test calls :meth:`SagaHarness.sweep`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -23,10 +24,13 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from orderly.adapters.db.engine import READ_ONLY
 from orderly.adapters.db.tables import (
     fraud_reviews,
     idempotency_keys,
+    metadata,
     order_events,
     orders,
     outbox_messages,
@@ -140,10 +144,6 @@ class SagaHarness:
 
     # ---- the consumer runtime ------------------------------------------------------------------
 
-    @property
-    def gateway(self) -> PaymentGateway:
-        return self._gateway or self.container.gateway()
-
     def handlers(
         self, exclude: Iterable[str] = (), replace: Sequence[Handler] = ()
     ) -> list[Handler]:
@@ -201,6 +201,8 @@ class SagaHarness:
             await asyncio.wait_for(running.task, timeout=30)
         finally:
             await running.close()
+            del running
+            _release_interrupted_connections()  # lanes still busy after the drain are cancelled
 
     async def crash(self) -> None:
         """Kill the runtime mid-flight: every task of it is cancelled wherever it is, open
@@ -208,22 +210,10 @@ class SagaHarness:
         running, self._running = self._running, None
         if running is None:
             return
-        lanes = _lanes_of(running.runtime)
-        running.task.cancel()
-        for lane in lanes:
-            lane.cancel()
-        # Cancel each lane once only: a second cancel could interrupt the clean-up of its
-        # database connection (SQLAlchemy closes an interrupted one in a shielded task), and a
-        # SQLite connection left open keeps its write lock.
-        if lanes:
-            _, pending = await asyncio.wait(lanes, timeout=30)
-            assert not pending, f"runtime lanes would not die: {pending}"
-        deadline = time.monotonic() + 30
-        while not running.task.done():
-            assert time.monotonic() < deadline, "the runtime would not die"
-            await asyncio.wait([running.task], timeout=1)
-            running.task.cancel()  # a pump may wait to hand its dead lanes a last item
+        await _kill(running)
         await running.close()
+        del running
+        _release_interrupted_connections()
 
     @asynccontextmanager
     async def running(
@@ -284,12 +274,17 @@ class SagaHarness:
             await uow.commit()
 
     async def set_stock(self, sku: str, warehouse_id: str, on_hand: int) -> None:
-        """An operator's stock count, recorded in the ledger as an adjustment.
+        """An operator's stock count (as the admin API sets it: a ledger adjustment)."""
+        await set_on_hand(self.container.uow, StockChange(sku, warehouse_id, on_hand))
 
-        Through the message unit of work: on PostgreSQL ``container.uow`` (the API's) writes no
-        ledger entry for it (see test_an_admin_stock_count_is_an_entry_in_the_ledger).
-        """
-        await set_on_hand(self.container.message_uow, StockChange(sku, warehouse_id, on_hand))
+    async def reset(self) -> None:
+        """Empty every table and seed the demo catalogue again, as the ``backend`` fixture
+        does (the runtime must be stopped)."""
+        assert self._running is None, "stop the runtime first"
+        async with self.container.engine.begin() as conn:
+            for table in reversed(metadata.sorted_tables):
+                await conn.execute(table.delete())
+        await self.container.seed()
 
     async def sweep(self) -> int:
         """One pass of the saga timeouts and the reservation sweeper; how many things moved."""
@@ -342,8 +337,15 @@ class SagaHarness:
 
     # ---- reading the tables --------------------------------------------------------------------
 
-    async def _all(self, statement: Any) -> list[Any]:
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only connection (on SQLite it takes no write lock, as the views do)."""
         async with self.container.engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: True})
+            yield conn
+
+    async def _all(self, statement: Any) -> list[Any]:
+        async with self.read() as conn:
             return list((await conn.execute(statement)).all())
 
     async def order(self, order_id: str) -> OrderRow:
@@ -485,19 +487,35 @@ class SagaHarness:
         assert not problems, "the stock ledger does not balance:\n" + "\n".join(problems)
 
 
-def _lanes_of(runtime: ConsumerRuntime) -> list[asyncio.Task[Any]]:
-    """The runtime's lane tasks (started outside its task group, so cancel them by hand)."""
+def _tasks_of(runtime: ConsumerRuntime) -> list[asyncio.Task[Any]]:
+    """The runtime's tasks: ``run``, its pumps and their lanes (which it starts outside its
+    task group)."""
     found = []
     for task in asyncio.all_tasks():
-        coro = task.get_coro()
-        frame = getattr(coro, "cr_frame", None)
-        if (
-            getattr(coro, "__name__", None) == "_lane"
-            and frame is not None
-            and frame.f_locals.get("self") is runtime
-        ):
+        frame = getattr(task.get_coro(), "cr_frame", None)
+        if frame is not None and frame.f_locals.get("self") is runtime:
             found.append(task)
     return found
+
+
+async def _kill(running: _Running) -> None:
+    doomed = _tasks_of(running.runtime)
+    for task in doomed:
+        task.cancel()  # once: a second cancel could interrupt a connection's clean-up
+    # On Python 3.11 asyncio.wait_for (the local transport's wake-up wait) may swallow a
+    # cancellation; a pump that lost it sees the stop event at its next turn instead.
+    running.stop.set()
+    if doomed:
+        _, pending = await asyncio.wait(doomed, timeout=30)
+        assert not pending, f"runtime tasks would not die: {pending}"
+
+
+def _release_interrupted_connections() -> None:
+    """A connection interrupted mid-statement is closed, but on SQLite its unfinished statement
+    (kept alive by the cancelled tasks' tracebacks, in reference cycles) holds the write lock
+    until the garbage collector gets to it. A dead process would have let go at once. Call it
+    once nothing refers to the dead tasks any more."""
+    gc.collect()
 
 
 def database_url(backend: Backend) -> str:
