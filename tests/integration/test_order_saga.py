@@ -284,7 +284,8 @@ async def test_a_warehouse_that_cannot_ship_voids_the_authorization_and_releases
             order = await h.settle(await h.place({"PROD-001": 2}))
 
         assert (order.status, order.failure_reason) == ("FAILED", "PROCESSING_ERROR")
-        assert await h.compensated_steps(order.id) == ["authorize", "reserve"]
+        # Fulfilment may fail half-way, so its own compensation runs first (nothing shipped).
+        assert await h.compensated_steps(order.id) == ["fulfil", "authorize", "reserve"]
         assert await h.payment_operations(order.id) == [
             ("authorize", True, 2 * HEADPHONES),
             ("void", True, 2 * HEADPHONES),
@@ -540,7 +541,8 @@ async def test_a_compensation_that_keeps_failing_parks_the_order_and_alerts_an_o
         assert order.status == "NEEDS_ATTENTION"
         events = await h.event_types(order.id)
         assert events[-2:] == ["order.compensation_failed", "order.needs_attention"]
-        assert await h.compensated_steps(order.id) == ["authorize"], "it stops at the failure"
+        # Fulfilment (nothing shipped) is undone first; the void fails and everything stops.
+        assert await h.compensated_steps(order.id) == ["fulfil", "authorize"], "it stops there"
         [(alerted_order, why, _)] = h.alerts.attention
         assert alerted_order == order.id
         assert "authorize" in why

@@ -107,6 +107,7 @@ def order_saga(config: OrderSagaConfig | None = None) -> SagaDefinition:
                 timeout=c.fulfilment_timeout,
                 retry=c.retry,
                 start_milestone=OrderStatus.FULFILLING,
+                partial=True,
             ),
             Step(
                 name="capture",

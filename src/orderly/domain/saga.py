@@ -91,6 +91,9 @@ class Step:
     hold_milestone: str | None = None
     cancellable: bool = False
     """Whether the saga may be cancelled while this step is the current one."""
+    partial: bool = False
+    """The step may fail after doing part of its work (one of two shipments left): its own
+    compensation runs when it fails, not only the earlier steps'."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +357,8 @@ def _running_reply(out: _Builder, step: Step, reply: Reply) -> Decision:
     if reply.type in step.failed or reply.type == STEP_FAILED:
         out.log("step.failed", step.name, reply.data)
         reason = str(reply.data.get("reason") or step.timeout_reason)
-        out.fail(reason, {"step": step.name, **reply.data})
+        how = _UNCERTAIN if step.partial and step.compensation is not None else _NOT_DONE
+        out.fail(reason, {"step": step.name, **reply.data}, how)
         return out.decision()
     if reply.type in step.held and state.step_status is StepStatus.REQUESTED:
         out.log("step.held", step.name, reply.data)

@@ -51,7 +51,12 @@ from orderly.domain.order_saga import (
 )
 from orderly.domain.processing import FailureReason
 from orderly.services.consumer import Handler, PermanentError, RetryPolicy
-from orderly.services.payments import GatewayUnavailable, PaymentGateway, PaymentResult
+from orderly.services.payments import (
+    GatewayUnavailable,
+    PaymentError,
+    PaymentGateway,
+    PaymentResult,
+)
 from orderly.services.ports import JSON, Clock, IdGenerator, MessageUnitOfWork
 from orderly.services.saga import Command, ReplyOut, command_handler, parse_command, reply_message
 from orderly.services.saga_ports import (
@@ -72,6 +77,7 @@ SHIP_FROM_WAREHOUSE = "warehouse.ship"
 """The simulated warehouse's work item: pick, pack and ship one shipment."""
 
 _PLAN_ROUNDS = 5
+NOT_VOIDABLE = "not_voidable"
 
 
 class StaleStock(Exception):
@@ -268,7 +274,13 @@ def payment_handler(
             if not isinstance(reference, str):
                 return None
             if type_ == VOID_PAYMENT:
-                return await gateway.void(key=payment_key(order_id, "void"), reference=reference)
+                try:
+                    return await gateway.void(
+                        key=payment_key(order_id, "void"), reference=reference
+                    )
+                except PaymentError as exc:
+                    # Captured (and refunded, if need be) already: there is no hold to release.
+                    return PaymentResult(False, reference, 0, NOT_VOIDABLE, str(exc))
             if type_ == CAPTURE_PAYMENT:
                 amount = int(command.step_data("fulfil").get("shippedValueMinor", 0))
                 return await gateway.capture(
@@ -284,10 +296,12 @@ def payment_handler(
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PermanentError(f"{type_}: bad saga context: {exc}") from exc
+        except PaymentError as exc:
+            raise PermanentError(f"{type_}: the gateway refused: {exc}") from exc
 
     async def apply(
         uow: MessageUnitOfWork, command: Command, result: PaymentResult | None
-    ) -> ReplyOut:
+    ) -> ReplyOut | None:
         type_ = command.message.type
         if type_ == AUTHORIZE_PAYMENT:
             assert result is not None
@@ -348,7 +362,7 @@ def payment_handler(
 
     async def _voided(
         uow: MessageUnitOfWork, command: Command, result: PaymentResult | None
-    ) -> ReplyOut:
+    ) -> ReplyOut | None:
         order_id = command.saga_key
         now = clock.now()
         record = await uow.payments.get(order_id)
@@ -357,8 +371,15 @@ def payment_handler(
                 await uow.payments.tombstone(
                     order_id, str(command.context.get("currency", "")), now
                 )
+            elif record.status == "AUTHORIZED" and record.reference:
+                # A blind void (the step timed out) of an authorization that did land: void it
+                # by its reference; that command answers the saga.
+                await uow.outbox.add(_again(command, {"reference": record.reference}, ids, now))
+                return None
             return ReplyOut(PAYMENT_VOIDED, {"voided": False})
         await _log_op(uow, order_id, "void", result, now)
+        if result.decline_code == NOT_VOIDABLE:
+            return ReplyOut(PAYMENT_VOIDED, {"voided": False, "why": result.message})
         if not result.ok:
             raise GatewayUnavailable(f"void refused: {result.message}")
         if record is not None:
@@ -397,10 +418,23 @@ def payment_handler(
 
     async def _refunded(
         uow: MessageUnitOfWork, command: Command, result: PaymentResult | None
-    ) -> ReplyOut:
+    ) -> ReplyOut | None:
         order_id = command.saga_key
         now = clock.now()
         if result is None:
+            record = await uow.payments.get(order_id)
+            left = record.captured_minor - record.refunded_minor if record else 0
+            if record is not None and record.reference and left > 0:
+                # A blind refund (the capture timed out, then landed): refund what was taken.
+                again = _again(
+                    command,
+                    {"reference": record.reference},
+                    ids,
+                    now,
+                    capture={"amountMinor": left},
+                )
+                await uow.outbox.add(again)
+                return None
             return ReplyOut(PAYMENT_REFUNDED, {"refundedMinor": 0})
         await _log_op(uow, order_id, "refund", result, now)
         if not result.ok:
@@ -426,6 +460,26 @@ def payment_handler(
 
 def _with(record: PaymentRecord, **changes: Any) -> PaymentRecord:
     return replace(record, **changes)
+
+
+def _again(
+    command: Command,
+    authorize: JSON,
+    ids: IdGenerator,
+    now: datetime,
+    **steps: JSON,
+) -> Message:
+    """The same compensation command, now with what the stored payment record knows."""
+    context = {**command.context, "authorize": authorize, **steps}
+    return Message(
+        id=ids.new_id(),
+        type=command.message.type,
+        key=command.saga_key,
+        payload={**command.message.payload, "context": context},
+        created_at=now,
+        correlation_id=command.message.correlation_id,
+        causation_id=command.message.id,
+    )
 
 
 def _void_late_authorization(
