@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test setup lint fmt bench-intake bench-pipeline clean
+.PHONY: run test setup lint fmt bench-intake bench-pipeline bench-saga clean
 
 run: setup
 	.venv/bin/orderly up
@@ -25,6 +25,9 @@ bench-intake: setup
 
 bench-pipeline: setup
 	.venv/bin/python -m bench.pipeline.run
+
+bench-saga: setup
+	.venv/bin/python -m bench.saga.run
 
 clean:
 	rm -rf .venv .tools orderly.db orderly.db-wal orderly.db-shm

@@ -1,0 +1,1 @@
+"""The saga benchmark: orders/s from POST to CONFIRMED through the order saga (``run.py``)."""
