@@ -188,14 +188,21 @@ async def place_orders(
     async with httpx.AsyncClient(base_url=base_url, timeout=30, trust_env=False) as client:
 
         async def one(body: dict[str, Any]) -> str:
-            # A well-behaved client: a 503 is retried later with the same Idempotency-Key.
+            # A well-behaved client: a 503 or a dropped connection (a kept-alive connection the
+            # server closed meanwhile) is retried later with the same Idempotency-Key.
             key = {**headers, "Idempotency-Key": str(uuid.uuid4())}
+            response: httpx.Response | None = None
             async with limit:
                 for _ in range(40):
-                    response = await client.post("/api/orders", json=body, headers=key)
+                    try:
+                        response = await client.post("/api/orders", json=body, headers=key)
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.5)
+                        continue
                     if response.status_code != 503:
                         break
                     await asyncio.sleep(0.5)
+                assert response is not None, "the API never answered"
                 assert response.status_code == 202, response.text
                 order_id: str = response.json()["orderId"]
                 return order_id
