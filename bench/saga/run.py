@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
+import signal
 import sys
 import time
 import traceback
@@ -301,13 +302,14 @@ async def whole_run_problems(pool: asyncpg.Pool) -> dict[str, int]:
     return {k: int(row[k]) for k in ("failed_attempts", "dead_letters")}
 
 
-async def bench_transport(run: Run, transport: str) -> dict[str, Any]:
-    """One transport start to finish; its processes, namespace and database are cleaned up."""
+async def bench_transport(run: Run, transport: str, result: dict[str, Any]) -> None:
+    """One transport start to finish, into ``result`` (kept when interrupted); its processes,
+    namespace and database are cleaned up whatever happens."""
     options = run.options
     name = f"{options.database_prefix}_{transport}_{secrets.token_hex(3)}"
     namespace = f"saga-{transport}-{secrets.token_hex(4)}"
     catalogue = Catalogue(options.skus, options.hot_stock)
-    result: dict[str, Any] = {"database": name, "namespace": namespace, "phases": {}}
+    result.update({"database": name, "namespace": namespace, "phases": {}})
     say(f"{transport}: database {name}, namespace {namespace}")
     stack = Stack(
         transport,
@@ -332,20 +334,27 @@ async def bench_transport(run: Run, transport: str) -> dict[str, Any]:
         say(f"{transport}: FAILED: {type(exc).__name__}: {exc}")
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()
-        stack.stop_all()
+    except asyncio.CancelledError:
+        say(f"{transport}: interrupted; cleaning up")
+        result["error"] = "interrupted"
+        raise
     finally:
+        stack.stop_all()
         if transport == "rabbitmq":
             await _delete_namespace(namespace)
         if not options.keep_databases:
             await _drop(name)
+        summarize(run, stack, result)
+
+
+def summarize(run: Run, stack: Stack, result: dict[str, Any]) -> None:
     result["memory"] = peak_summary(stack)
     result["exit_codes"] = stack.exits
-    result["hot_checks"] = report.hot_checks(result, options.hot_stock)
+    result["hot_checks"] = report.hot_checks(result, run.options.hot_stock)
     result["consistency"] = report.consistency(result)
-    if options.profile_worker:
+    if run.options.profile_worker:
         result["profile"] = profile.summarize_all(sorted(stack.logs.glob("*.prof")))
     result["logs"] = str(stack.logs.relative_to(intake.REPO))
-    return result
 
 
 async def _delete_namespace(namespace: str) -> None:
@@ -363,32 +372,49 @@ async def _drop(name: str) -> None:
         say(f"warning: could not drop {name}: {exc!r}")
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM as Ctrl-C: asyncio.Runner cancels the running transport, whose clean-up stops
+    its processes and drops its database, and what was measured so far is still written."""
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+
+
+def write(document: dict[str, Any], path: Path) -> None:
+    document["verdicts"] = report.verdicts(document)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark; print the tables; write the JSON result; exit 1 on a broken check."""
     options = parse_args(argv)
+    _interrupt_on_sigterm()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     env = intake.base_env()
     tokens = JwtTokens(env["ORDERLY_JWT_SECRET"], "orderly", timedelta(hours=12), SystemClock())
     run = Run(options, env, stamp, tokens)
     background: dict[str, float] = {}
     results: dict[str, Any] = {}
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        for transport in options.transports:
-            background[transport] = intake.wait_for_quiet(options.quiet_wait)
-            results[transport] = runner.run(bench_transport(run, transport))
-        pg_version = runner.run(database.server_version())
-    document: dict[str, Any] = {
-        "started": stamp,
-        "options": asdict(options),
-        "machine": machine(pg_version),
-        "commit": intake._commit(),
-        "background_cores_before": background,
-        "transports": results,
-    }
-    document["verdicts"] = report.verdicts(document)
-    intake.RESULTS.mkdir(parents=True, exist_ok=True)
     path = intake.RESULTS / f"saga-{stamp}.json"
-    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    interrupted = False
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        document: dict[str, Any] = {
+            "started": stamp,
+            "options": asdict(options),
+            "machine": machine(runner.run(database.server_version())),
+            "commit": intake._commit(),
+            "background_cores_before": background,
+            "transports": results,
+        }
+        try:
+            for transport in options.transports:
+                background[transport] = intake.wait_for_quiet(options.quiet_wait)
+                results[transport] = {}
+                runner.run(bench_transport(run, transport, results[transport]))
+                write(document, path)
+        except KeyboardInterrupt:
+            interrupted = True
+            document["interrupted"] = True
+    write(document, path)
     if options.markdown:
         print(report.markdown(document))
     else:
@@ -396,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nJSON result: {path.relative_to(intake.REPO)}; logs: bench/results/logs/saga-{stamp}-*"
     )
+    if interrupted:
+        sys.exit(130)
     if report.correctness_failed(document):
         print("a correctness check failed (see the targets table)", file=sys.stderr)
         sys.exit(1)
