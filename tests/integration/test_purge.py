@@ -8,7 +8,7 @@ from datetime import timedelta
 import httpx
 
 from orderly.services import idempotency
-from tests.conftest import Backend, row_counts
+from tests.conftest import Backend, bearer, row_counts
 
 
 async def test_purge_deletes_expired_keys_only(
@@ -20,6 +20,8 @@ async def test_purge_deletes_expired_keys_only(
             "/api/orders", json=order, headers={**alice, "Idempotency-Key": str(uuid.uuid4())}
         )
     backend.clock.advance(timedelta(hours=20))
+    # Tokens follow the same clock: sign in again after the jump.
+    alice = bearer(backend, "alice")
     fresh = str(uuid.uuid4())
     await client.post("/api/orders", json=order, headers={**alice, "Idempotency-Key": fresh})
     backend.clock.advance(timedelta(hours=5))
