@@ -29,6 +29,7 @@ import asyncpg
 
 from bench.intake.latency import summarize
 from bench.intake.loadgen import Orders, Target, client_session, closed_loop, gc_paused
+from bench.pipeline import procs
 from bench.saga.stack import Stack, cpu_by_role
 
 ORDERS_PER_USER = 4
@@ -84,6 +85,7 @@ SELECT xact_commit + xact_rollback AS transactions, tup_inserted AS rows_inserte
        tup_updated AS rows_updated, tup_deleted AS rows_deleted, tup_fetched AS rows_fetched
 FROM pg_stat_database WHERE datname = current_database()
 """
+BACKENDS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
 PROBLEMS = """
 SELECT (SELECT count(*) FROM message_failures WHERE failed_at >= $1 AND failed_at <= $2)
            AS failed_attempts,
@@ -234,6 +236,19 @@ async def db_stats(pool: asyncpg.Pool) -> dict[str, int]:
     return {k: int(v) for k, v in row.items()}
 
 
+async def backend_seconds(pool: asyncpg.Pool) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to this database (ours alone,
+    unlike ``postgres`` in the CPU sample, which is every PostgreSQL process on the machine)."""
+    return {r["pid"]: procs._process_seconds(r["pid"]) for r in await pool.fetch(BACKENDS)}
+
+
+def backend_cpu(before: dict[int, float], after: dict[int, float], wall: float) -> float:
+    """Cores used by this database's backends: those alive at the end (a backend that started
+    meanwhile counts in full; one that ended meanwhile is missed)."""
+    used = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+    return used / wall if wall > 0 else 0.0
+
+
 def per_order(before: dict[str, int], after: dict[str, int], orders: int) -> dict[str, float]:
     return {k: (after[k] - before[k]) / max(orders, 1) for k in after}
 
@@ -253,6 +268,7 @@ async def run_phase(
     say(f"  {phase.name}: posting {phase.orders} orders ({phase.connections} connections)")
     async with client_session(phase.connections) as session:
         stats_before = await db_stats(pool)
+        backends_before = await backend_seconds(pool)
         cpu_before = stack.cpu()
         started = datetime.now(UTC)
         with gc_paused():
@@ -265,7 +281,11 @@ async def run_phase(
                 max_requests=phase.orders,
             )
     done = await wait_final(pool, phase, posted.ok, deadline, say, stack.check_alive)
-    cpu = cpu_by_role(cpu_before, stack.cpu(), posted.ok)
+    cpu_after = stack.cpu()
+    backends = backend_cpu(
+        backends_before, await backend_seconds(pool), cpu_after.at - cpu_before.at
+    )
+    cpu = cpu_by_role(cpu_before, cpu_after, posted.ok, {"postgres_ours": backends})
     ended = datetime.now(UTC)
     await asyncio.sleep(STATS_SETTLE_S)
     database = per_order(stats_before, await db_stats(pool), posted.ok)

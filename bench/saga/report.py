@@ -169,6 +169,11 @@ def _cpu(phase: Doc, names: tuple[str, ...]) -> str:
     return " / ".join(f"{per[n]:.2f}" if n in per else "-" for n in names)
 
 
+def _cores(phase: Doc, names: tuple[str, ...]) -> str:
+    cores = phase["cpu"]["cores"]
+    return " / ".join(f"{cores[n]:.2f}" if n in cores else "-" for n in names)
+
+
 def _database(per: Doc) -> str:
     return f"{per['transactions']:.0f} / {per['rows_inserted'] + per['rows_updated']:.0f}"
 
@@ -195,13 +200,13 @@ ROWS: list[tuple[str, str, Callable[[Doc], str]]] = [
     ),
     (
         "spread",
-        "CPU ms/order api / worker / relay / pg / broker",
-        lambda p: _cpu(p, ("api", "worker", "relay", "postgres", "broker")),
+        "CPU ms/order api / worker / relay / our pg backends / broker",
+        lambda p: _cpu(p, ("api", "worker", "relay", "postgres_ours", "broker")),
     ),
     (
         "spread",
-        "cores busy: machine / of it not ours",
-        lambda p: f"{p['cpu']['cores']['machine']:.2f} / {p['cpu']['cores']['other']:.2f}",
+        "cores busy: machine / worker / our pg backends / other processes",
+        lambda p: _cores(p, ("machine", "worker", "postgres_ours", "other")),
     ),
     (
         "spread",

@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -372,10 +373,19 @@ async def _drop(name: str) -> None:
         say(f"warning: could not drop {name}: {exc!r}")
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM as Ctrl-C: asyncio.Runner cancels the running transport, whose clean-up stops
-    its processes and drops its database, and what was measured so far is still written."""
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+async def cancelled_by_signals(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work``; SIGTERM or SIGINT cancels it, so its clean-up stops its processes and
+    drops its database (also when the shell that started us ignores SIGINT, as ``&`` does)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await work
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def write(document: dict[str, Any], path: Path) -> None:
@@ -387,7 +397,6 @@ def write(document: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark; print the tables; write the JSON result; exit 1 on a broken check."""
     options = parse_args(argv)
-    _interrupt_on_sigterm()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     env = intake.base_env()
     tokens = JwtTokens(env["ORDERLY_JWT_SECRET"], "orderly", timedelta(hours=12), SystemClock())
@@ -409,9 +418,11 @@ def main(argv: list[str] | None = None) -> None:
             for transport in options.transports:
                 background[transport] = intake.wait_for_quiet(options.quiet_wait)
                 results[transport] = {}
-                runner.run(bench_transport(run, transport, results[transport]))
+                runner.run(
+                    cancelled_by_signals(bench_transport(run, transport, results[transport]))
+                )
                 write(document, path)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):
             interrupted = True
             document["interrupted"] = True
     write(document, path)

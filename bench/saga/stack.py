@@ -142,12 +142,16 @@ class Stack:
 
 
 def cpu_by_role(
-    before: procs.CpuSample, after: procs.CpuSample, count: int
+    before: procs.CpuSample,
+    after: procs.CpuSample,
+    count: int,
+    extra_cores: dict[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Cores busy and CPU ms per order between two samples, processes summed by role
     (``worker-1.0`` and ``worker-2.0`` are ``worker``); only processes present in both.
     ``postgres`` is every PostgreSQL process and ``broker`` every RabbitMQ process, other
-    databases' and tenants' work included; ``other`` is the rest of the machine's load."""
+    databases' and tenants' work included; ``other`` is the rest of the machine's load;
+    ``extra_cores`` (already in cores) are added as they are, e.g. our own database's backends."""
     wall = after.at - before.at
     cores: dict[str, float] = {}
     for name, seconds in after.seconds.items():
@@ -158,6 +162,7 @@ def cpu_by_role(
     if "machine" in cores:
         ours = sum(v for k, v in cores.items() if k != "machine")
         cores["other"] = max(0.0, cores["machine"] - ours)
+    cores.update(extra_cores or {})
     per_order = {k: v * wall * 1000 / max(count, 1) for k, v in cores.items()}
     return {"cores": cores, "ms_per_order": per_order}
 
