@@ -204,7 +204,11 @@ class Container:
     def consumer_runtime(
         self, transport: Transport, handlers: list[Handler] | None = None
     ) -> ConsumerRuntime:
-        options = RuntimeOptions(lanes=self.settings.worker_lanes, batch=self.settings.worker_batch)
+        options = RuntimeOptions(
+            lanes=self.settings.worker_lanes,
+            batch=self.settings.worker_batch,
+            hand_off_limit=self.settings.worker_hand_off_limit,
+        )
         return ConsumerRuntime(
             transport,
             self.message_uow,

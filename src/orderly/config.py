@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     broker_namespace: str = Field(default="orderly", pattern=r"^[a-z][a-z0-9_-]{0,39}$")
     worker_lanes: int = Field(default=16, ge=1, le=256)
     worker_batch: int = Field(default=64, ge=1, le=1000)
+    worker_hand_off_limit: int = Field(default=32, ge=0, le=1000)
     redelivery_after_seconds: float = Field(default=30.0, gt=0)
     retry_attempts: int = Field(default=3, ge=1, le=50)
     retry_base_delay_seconds: float = Field(default=2.0, ge=0)

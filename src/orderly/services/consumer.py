@@ -20,6 +20,7 @@ import traceback
 import zlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -102,6 +103,13 @@ class Handler:
     prepare: PrepareFn | None = None
     apply: ApplyFn | None = None
     lanes: int | None = None
+    inline: bool = True
+
+    @property
+    def takes_hand_offs(self) -> bool:
+        """Whether it may run inside the transaction that produced its message: only a
+        handler without ``prepare`` (no outside call may hold a transaction open)."""
+        return self.inline and self.prepare is None
 
     @property
     def subscription(self) -> Subscription:
@@ -115,6 +123,8 @@ class RuntimeStats:
     processed: int = 0
     duplicates: int = 0
     retried: int = 0
+    handed_off: int = 0
+    hand_offs_refused: int = 0
     dead_lettered: int = 0
     storage_waits: int = 0
     by_consumer: dict[str, int] = field(default_factory=dict)
@@ -127,6 +137,8 @@ class RuntimeOptions:
     receive_timeout: float = 1.0
     max_backoff: float = 30.0
     drain_timeout: float = 10.0
+    hand_off_limit: int = 32
+    """Messages a transaction may hand to this runtime's own consumers (0: none)."""
 
 
 class ConsumerRuntime:
@@ -155,6 +167,12 @@ class ConsumerRuntime:
         self._alerts = alerts
         self._options = options or RuntimeOptions()
         self._rng = rng or random.Random()
+        self._inline = {
+            type_: handler
+            for handler in self._handlers
+            if handler.takes_hand_offs
+            for type_ in handler.types
+        }
         self.stats = RuntimeStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -261,26 +279,98 @@ class ConsumerRuntime:
         if handler.prepare is not None:
             async with asyncio.timeout(handler.policy.timeout):
                 prepared = await handler.prepare(message)
-        async with self._uow() as uow:
-            now = self._clock.now()
-            fresh = await uow.inbox.record(handler.consumer, message.id, now)
-            if fresh:
-                async with asyncio.timeout(handler.policy.timeout):
-                    if handler.apply is not None:
-                        await handler.apply(uow, message, prepared)
-                    else:
-                        await handler.handle(uow, message)
-            replay = _replay_id(message)
-            if replay is not None:
-                await uow.dead_letters.finish_replay(
-                    replay, "applied" if fresh else "already-applied", now
-                )
-            if self._transport.acks_in_transaction:
-                await uow.acks.acknowledge(delivery.handle, now)
-            await uow.commit()
+        try:
+            fresh = await self._transaction(handler, delivery, prepared, hand_off=True)
+        except _HandOffFailed as failed:
+            # Everything was rolled back; do the delivery alone, the rest goes the usual way.
+            self.stats.hand_offs_refused += 1
+            log.info(
+                "hand-off failed, its message will be delivered",
+                consumer=failed.handler.consumer,
+                message_id=failed.message.id,
+                type=failed.message.type,
+                error=failed.error,
+            )
+            fresh = await self._transaction(handler, delivery, prepared, hand_off=False)
         if not fresh:
             log.info("duplicate skipped", consumer=handler.consumer, message_id=message.id)
         return fresh
+
+    async def _transaction(
+        self, handler: Handler, delivery: Delivery, prepared: Any, *, hand_off: bool
+    ) -> bool:
+        message = delivery.message
+        handing: list[tuple[Handler, Message]] = []
+        try:
+            async with self._uow() as uow:
+                now = self._clock.now()
+                fresh = await uow.inbox.record(handler.consumer, message.id, now)
+                if fresh:
+                    async with asyncio.timeout(handler.policy.timeout):
+                        if handler.apply is not None:
+                            await handler.apply(uow, message, prepared)
+                        else:
+                            await handler.handle(uow, message)
+                    if hand_off:
+                        await self._hand_off(uow, handing)
+                replay = _replay_id(message)
+                if replay is not None:
+                    await uow.dead_letters.finish_replay(
+                        replay, "applied" if fresh else "already-applied", now
+                    )
+                if self._transport.acks_in_transaction:
+                    await uow.acks.acknowledge(delivery.handle, now)
+                await uow.commit()
+        except (StorageUnavailable, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            if handing:
+                taker, taken = handing[0]
+                raise _HandOffFailed(taker, taken, f"{type(exc).__name__}: {exc}") from exc
+            raise
+        return fresh
+
+    async def _hand_off(
+        self, uow: MessageUnitOfWork, handing: list[tuple[Handler, Message]]
+    ) -> None:
+        """Let this runtime's consumers take, in this same transaction, the messages it added.
+
+        A message whose consumer runs here and needs no outside call is handled at once,
+        recorded in the inbox, and written to the outbox as already delivered: one transaction
+        instead of one per message, and no wait for a delivery. If such a handler fails, the
+        whole transaction is rolled back and the delivery is done again alone (see ``_apply``);
+        the message then goes the usual way, with its consumer's retries and dead-lettering. A
+        message due later, or a replay, always goes the usual way. At most ``hand_off_limit``
+        per transaction.
+        ``handing`` holds the hand-off under way, so a failure is blamed on it.
+        """
+        for _ in range(self._options.hand_off_limit):
+            now = self._clock.now()
+            found = self._next_hand_off(uow.outbox.added(), now)
+            if found is None:
+                return
+            handler, message = found
+            handing.append(found)
+            # Recorded in the inbox like any delivery, so a copy that turns up later (a replay,
+            # a re-queued row) is recognised and skipped.
+            if await uow.inbox.record(handler.consumer, message.id, now):
+                async with asyncio.timeout(handler.policy.timeout):
+                    await handler.handle(uow, message)
+            uow.outbox.hand_off(message.id, now)
+            handing.clear()
+            self.stats.handed_off += 1
+
+    def _next_hand_off(
+        self, added: Sequence[Message], now: datetime
+    ) -> tuple[Handler, Message] | None:
+        for message in added:
+            handler = self._inline.get(message.type)
+            if handler is None or _replay_id(message) is not None:
+                continue
+            if message.not_before is not None and message.not_before > now:
+                continue
+            return handler, message
+        return None
 
     async def _failed(self, handler: Handler, delivery: Delivery, exc: Exception) -> None:
         message = delivery.message
@@ -392,6 +482,14 @@ class ConsumerRuntime:
                 log.warning("database unavailable, waiting", error=str(exc), wait=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self._options.max_backoff)
+
+
+class _HandOffFailed(Exception):
+    def __init__(self, handler: Handler, message: Message, error: str) -> None:
+        super().__init__(error)
+        self.handler = handler
+        self.message = message
+        self.error = error
 
 
 class _Room:

@@ -67,6 +67,23 @@ class Outbox(Protocol):
     async def add(self, message: Message) -> None: ...
 
 
+class HandOffOutbox(Outbox, Protocol):
+    """A message handler's outbox: what this transaction added may be handed straight to a
+    consumer running in the same transaction, instead of waiting for delivery.
+
+    A handed-off message is still written to the outbox (it is the record of what was sent),
+    but already delivered, so no transport hands it out again.
+    """
+
+    def added(self) -> Sequence[Message]:
+        """Messages added in this transaction and not handed off, in the order added."""
+        ...
+
+    def hand_off(self, message_id: str, at: datetime) -> None:
+        """Mark a message added in this transaction as delivered at ``at``."""
+        ...
+
+
 class IdempotencyStore(Protocol):
     """Idempotency-key records, scoped to (user, method, route, key)."""
 
@@ -308,6 +325,9 @@ class MessageUnitOfWork(UnitOfWork, Protocol):
 
     @property
     def read_models(self) -> ReadModels: ...
+
+    @property
+    def outbox(self) -> HandOffOutbox: ...
 
 
 MessageUnitOfWorkFactory = Callable[[], MessageUnitOfWork]

@@ -13,8 +13,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from orderly.adapters.db.engine import create_engine, dispose_engine
 from orderly.adapters.db.outbox_queue import OutboxQueue
 from orderly.adapters.db.repositories import SqlUnitOfWork
-from orderly.adapters.db.tables import stock
+from orderly.adapters.db.tables import outbox_messages, stock
 from orderly.adapters.system import SystemClock
 from orderly.domain.events import Message
 from orderly.domain.processing import Allocation
@@ -103,7 +103,11 @@ class Harness:
 
 @asynccontextmanager
 async def running(
-    open_transport: OpenTransport, database_url: str, switch: Switch, policy: RetryPolicy
+    open_transport: OpenTransport,
+    database_url: str,
+    switch: Switch,
+    policy: RetryPolicy,
+    more: tuple[Handler, ...] = (),
 ) -> AsyncIterator[tuple[Harness, Transport]]:
     engine = create_engine(database_url, pool_size=10)
     alerts = RecordingAlerts()
@@ -125,13 +129,14 @@ async def running(
             runtime = ConsumerRuntime(
                 transport,
                 uow,
-                [handler],
+                [handler, *more],
                 clock=SystemClock(),
                 alerts=alerts,
                 options=RuntimeOptions(lanes=4, batch=16, receive_timeout=0.3),
             )
             # Declared before anything is published (RabbitMQ drops what no queue is bound for).
-            await transport.subscribe(handler.subscription)
+            for subscriber in (handler, *more):
+                await transport.subscribe(subscriber.subscription)
             tasks = [asyncio.create_task(runtime.run(stop))]
             if transport.needs_relay:
                 # Replays go back through the outbox, which the relay moves to the broker.
@@ -307,3 +312,126 @@ async def test_replaying_a_message_whose_effect_was_applied_changes_nothing(
         stored = await harness.desk.show(letter_id)
         assert stored.replays[0].result == "already-applied"
         assert await harness.on_hand() == START + 6
+
+
+# ---- hand-offs: a message added by a handler, taken by its consumer in the same transaction ---
+
+FORWARD = "test.stock-forward"
+
+
+def forwarding_handler(policy: RetryPolicy, forwarded: list[Message], delay: float = 0) -> Handler:
+    """Turns a ``test.stock-forward`` into a ``test.stock-added`` for the stock adder."""
+
+    async def handle(uow: MessageUnitOfWork, message: Message) -> None:
+        now = datetime.now(UTC)
+        out = Message(
+            id=str(uuid.uuid4()),
+            type=TYPE,
+            key=message.key,
+            payload={"n": message.payload["n"]},
+            created_at=now,
+            correlation_id=message.correlation_id,
+            causation_id=message.id,
+            not_before=now + timedelta(seconds=delay) if delay else None,
+        )
+        forwarded.append(out)
+        await uow.outbox.add(out)
+
+    return Handler("forwarder", frozenset({FORWARD}), handle, policy)
+
+
+def forward(n: int) -> Message:
+    return replace(adding(n), type=FORWARD)
+
+
+async def outbox_row(database_url: str, message_id: str) -> Any:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            query = sa.select(outbox_messages).where(outbox_messages.c.message_id == message_id)
+            return (await conn.execute(query)).one()
+    finally:
+        await dispose_engine(engine)
+
+
+async def test_a_message_a_handler_adds_is_handed_to_its_consumer_in_the_same_transaction(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    switch = Switch()
+    forwarded: list[Message] = []
+    more = (forwarding_handler(FAST, forwarded),)
+    async with running(open_transport, runtime_database, switch, FAST, more) as (
+        harness,
+        transport,
+    ):
+        await transport.publish([forward(3)])
+
+        async def applied() -> bool:
+            return await harness.on_hand() == START + 3
+
+        await eventually(applied)
+        await asyncio.sleep(1.5)  # time for a (wrong) second delivery of the handed-off message
+        assert await harness.on_hand() == START + 3
+        assert len(switch.calls) == 1
+        stats = harness.runtime.stats
+        assert (stats.processed, stats.handed_off, stats.hand_offs_refused) == (1, 1, 0)
+        row = await outbox_row(runtime_database, forwarded[0].id)
+        assert row.sent_at is not None, "written as delivered, so no transport sends it"
+        # A copy that arrives anyway is known to the inbox.
+        await transport.publish([forwarded[0]])
+
+        async def copy_seen() -> bool:
+            return harness.runtime.stats.duplicates == 1
+
+        await eventually(copy_seen)
+        assert await harness.on_hand() == START + 3
+
+
+async def test_a_failed_hand_off_leaves_its_message_to_the_usual_delivery(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    switch = Switch(failing=True, permanent=True)
+    forwarded: list[Message] = []
+    more = (forwarding_handler(FAST, forwarded),)
+    async with running(open_transport, runtime_database, switch, FAST, more) as (
+        harness,
+        transport,
+    ):
+        await transport.publish([forward(4)])
+
+        async def parked() -> bool:
+            return len(harness.alerts.letters) == 1
+
+        await eventually(parked)
+        stats = harness.runtime.stats
+        assert stats.hand_offs_refused == 1
+        assert stats.handed_off == 0
+        # Tried once in the hand-off (rolled back), once delivered (dead-lettered: permanent).
+        assert len(switch.calls) == 2
+        letter, _ = harness.alerts.letters[0]
+        assert letter.consumer == "stock-adder"
+        assert letter.message.id == forwarded[-1].id
+        assert await harness.on_hand() == START
+
+
+async def test_a_message_due_later_is_not_handed_off(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    switch = Switch()
+    forwarded: list[Message] = []
+    more = (forwarding_handler(FAST, forwarded, delay=1.0),)
+    async with running(open_transport, runtime_database, switch, FAST, more) as (
+        harness,
+        transport,
+    ):
+        await transport.publish([forward(2)])
+
+        async def applied() -> bool:
+            return await harness.on_hand() == START + 2
+
+        await eventually(applied)
+        _, applied_at = switch.calls[0]
+        assert harness.runtime.stats.handed_off == 0
+        assert harness.runtime.stats.processed == 2
+        created = forwarded[0].created_at.timestamp()
+        assert time.time() - (time.monotonic() - applied_at) >= created + 0.9

@@ -187,27 +187,55 @@ class SqlOrderRepository:
 
 
 class SqlOutbox:
+    """Buffers the transaction's messages and writes them in one statement at commit.
+
+    A message handed off to a consumer in the same transaction is written already sent
+    (``sent_at`` set), so no transport delivers it again.
+    """
+
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
-        self.added = 0
+        self._pending: list[Message] = []
+        self._handed: dict[str, datetime] = {}
+        self.unsent_written = 0
+        """Unsent messages written by the last flush (a wake-up is due after commit)."""
 
     async def add(self, message: Message) -> None:
-        self.added += 1
-        await self._conn.execute(
-            _INSERT_OUTBOX,
-            {
-                "message_id": message.id,
-                "type": message.type,
-                "key": message.key,
-                "payload": message.payload,
-                "headers": message.headers,
-                "correlation_id": message.correlation_id,
-                "causation_id": message.causation_id,
-                "created_at": message.created_at,
-                "available_at": message.not_before or message.created_at,
-                "attempts": 0,
-            },
-        )
+        self._pending.append(message)
+
+    def added(self) -> list[Message]:
+        return [m for m in self._pending if m.id not in self._handed]
+
+    def hand_off(self, message_id: str, at: datetime) -> None:
+        if not any(m.id == message_id for m in self._pending):
+            raise KeyError(f"message {message_id} was not added in this transaction")
+        self._handed[message_id] = at
+
+    async def flush(self) -> None:
+        """Write the buffered messages (called by the unit of work before it commits)."""
+        if not self._pending:
+            return
+        rows = [self._row(m, self._handed.get(m.id)) for m in self._pending]
+        self.unsent_written += sum(1 for m in self._pending if m.id not in self._handed)
+        self._pending = []
+        self._handed = {}
+        await self._conn.execute(_INSERT_OUTBOX, rows)
+
+    @staticmethod
+    def _row(message: Message, sent_at: datetime | None) -> dict[str, Any]:
+        return {
+            "message_id": message.id,
+            "type": message.type,
+            "key": message.key,
+            "payload": message.payload,
+            "headers": message.headers,
+            "correlation_id": message.correlation_id,
+            "causation_id": message.causation_id,
+            "created_at": message.created_at,
+            "available_at": message.not_before or message.created_at,
+            "attempts": 0,
+            "sent_at": sent_at,
+        }
 
 
 def advisory_lock_id(scope: IdempotencyScope) -> int:
@@ -474,11 +502,12 @@ class SqlUnitOfWork:
         if self._conn is None:
             raise RuntimeError("commit() outside the unit of work")
         try:
+            await self.outbox.flush()
             await self._conn.commit()
         except Exception as exc:
             if is_connection_problem(exc):
                 raise StorageUnavailable(str(exc)) from exc
             raise
-        if self._on_outbox_commit is not None and self.outbox.added:
-            self.outbox.added = 0
+        if self._on_outbox_commit is not None and self.outbox.unsent_written:
+            self.outbox.unsent_written = 0
             self._on_outbox_commit()

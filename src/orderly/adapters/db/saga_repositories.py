@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -151,22 +152,35 @@ class SqlSagaStore:
         return [r.id for r in rows]
 
 
+_SELECT_ORDER = sa.select(orders).where(orders.c.id == sa.bindparam("order_id"))
+_SELECT_LINES = (
+    sa.select(order_lines)
+    .where(order_lines.c.order_id == sa.bindparam("order_id"))
+    .order_by(order_lines.c.line_no)
+)
+
+
 class SqlOrderStream:
+    """An order's facts and its event stream, on the unit of work's connection.
+
+    Facts read once are kept for the rest of the transaction (the lines never change, and the
+    status and version only change through :meth:`append`, which updates them), so the several
+    handlers one transaction may run for an order read it once.
+    """
+
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self._facts: dict[str, OrderFacts] = {}
 
     async def facts(self, order_id: str) -> OrderFacts | None:
-        row = (
-            await self._conn.execute(sa.select(orders).where(orders.c.id == order_id))
-        ).one_or_none()
+        known = self._facts.get(order_id)
+        if known is not None:
+            return known
+        row = (await self._conn.execute(_SELECT_ORDER, {"order_id": order_id})).one_or_none()
         if row is None:
             return None
-        lines = await self._conn.execute(
-            sa.select(order_lines)
-            .where(order_lines.c.order_id == order_id)
-            .order_by(order_lines.c.line_no)
-        )
-        return OrderFacts(
+        lines = await self._conn.execute(_SELECT_LINES, {"order_id": order_id})
+        facts = self._facts[order_id] = OrderFacts(
             id=row.id,
             customer_id=row.customer_id,
             status=row.status,
@@ -181,6 +195,7 @@ class SqlOrderStream:
             ),
             created_at=row.created_at,
         )
+        return facts
 
     async def append(
         self,
@@ -205,11 +220,16 @@ class SqlOrderStream:
                 orders.update()
                 .where(orders.c.id == order_id)
                 .values(**values)
-                .returning(orders.c.version)
+                .returning(orders.c.version, orders.c.status, orders.c.failure_reason)
             )
         ).one_or_none()
         if row is None:
             raise LookupError(f"order {order_id} does not exist")
+        known = self._facts.get(order_id)
+        if known is not None:
+            self._facts[order_id] = replace(
+                known, version=row.version, status=row.status, failure_reason=row.failure_reason
+            )
         first = row.version - len(events) + 1
         appended: list[JSON] = []
         for offset, event in enumerate(events):
