@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orderly.adapters.db.engine import READ_ONLY, dialect_insert
+from orderly.adapters.db.engine import READ_ONLY, dialect_insert, prepared
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.tables import (
     dead_letter_replays,
@@ -90,27 +90,42 @@ def _stream_event(row: Any) -> StreamEvent:
 
 
 def _guarded_upsert(conn: AsyncConnection, table: sa.Table, row: Mapping[str, Any]) -> Any:
-    """Insert the row, or overwrite the stored one only if it is at a lower version."""
-    insert = dialect_insert(conn, table).values(**row)
-    return insert.on_conflict_do_update(
-        index_elements=[table.c.order_id],
-        set_={name: insert.excluded[name] for name in row if name != "order_id"},
-        where=table.c.version < insert.excluded.version,
-    )
+    """Insert the row, or overwrite the stored one only if it is at a lower version (the
+    statement is built once per table and set of columns; the row is its parameters)."""
+    columns = tuple(row)
+
+    def build() -> Any:
+        insert = dialect_insert(conn, table)
+        return insert.on_conflict_do_update(
+            index_elements=[table.c.order_id],
+            set_={name: insert.excluded[name] for name in columns if name != "order_id"},
+            where=table.c.version < insert.excluded.version,
+        )
+
+    return prepared(conn, ("guarded upsert", table.name, columns), build)
 
 
 def _add_levels(conn: AsyncConnection) -> Any:
-    levels = rm_inventory_levels.c
-    insert = dialect_insert(conn, rm_inventory_levels)
-    later = insert.excluded.updated_at > levels.updated_at
-    return insert.on_conflict_do_update(
-        index_elements=[levels.sku, levels.warehouse_id],
-        set_={
-            "on_hand": levels.on_hand + insert.excluded.on_hand,
-            "reserved": levels.reserved + insert.excluded.reserved,
-            "updated_at": sa.case((later, insert.excluded.updated_at), else_=levels.updated_at),
-        },
-    )
+    def build() -> Any:
+        levels = rm_inventory_levels.c
+        insert = dialect_insert(conn, rm_inventory_levels)
+        later = insert.excluded.updated_at > levels.updated_at
+        return insert.on_conflict_do_update(
+            index_elements=[levels.sku, levels.warehouse_id],
+            set_={
+                "on_hand": levels.on_hand + insert.excluded.on_hand,
+                "reserved": levels.reserved + insert.excluded.reserved,
+                "updated_at": sa.case((later, insert.excluded.updated_at), else_=levels.updated_at),
+            },
+        )
+
+    return prepared(conn, "add levels", build)
+
+
+_ROW_OF = {
+    table.name: sa.select(table).where(table.c.order_id == sa.bindparam("_order"))
+    for table in (rm_order_history, rm_fulfilment)
+}
 
 
 class SqlReadModels:
@@ -139,11 +154,11 @@ class SqlReadModels:
             fresh, order_id=order_id, customer_id=customer_id, placed_at=placed_at, current=history
         )
         if row is not None:
-            await self._conn.execute(_guarded_upsert(self._conn, rm_order_history, row))
+            await self._conn.execute(_guarded_upsert(self._conn, rm_order_history, row), row)
         fulfilment = await self._row(rm_fulfilment, order_id)
         moved = fold_fulfilment(fresh, order_id=order_id, current=fulfilment)
         if moved is not None and (fulfilment is None or moved["version"] > fulfilment["version"]):
-            await self._conn.execute(_guarded_upsert(self._conn, rm_fulfilment, moved))
+            await self._conn.execute(_guarded_upsert(self._conn, rm_fulfilment, moved), moved)
 
     async def apply_stock_entries(self, entries: Sequence[Mapping[str, Any]], at: datetime) -> None:
         increments = fold_stock_levels(stock_entries_from_payload(entries, at))
@@ -153,9 +168,7 @@ class SqlReadModels:
             await self._conn.execute(_add_levels(self._conn), rows)
 
     async def _row(self, table: sa.Table, order_id: str) -> dict[str, Any] | None:
-        row = (
-            await self._conn.execute(sa.select(table).where(table.c.order_id == order_id))
-        ).first()
+        row = (await self._conn.execute(_ROW_OF[table.name], {"_order": order_id})).first()
         return dict(row._mapping) if row is not None else None
 
     async def _stream(self, order_id: str, after: int, upto: int) -> list[StreamEvent]:

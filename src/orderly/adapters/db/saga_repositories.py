@@ -7,7 +7,7 @@ Stock moves only through conditional updates, and every move is a ``stock_ledger
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orderly.adapters.db.engine import dialect_insert
+from orderly.adapters.db.engine import dialect_insert, prepared
 from orderly.adapters.db.tables import (
     fraud_reviews,
     order_events,
@@ -61,8 +61,14 @@ class SqlSagaStore:
         self._conn = conn
 
     async def load(self, saga_id: str) -> SagaState | None:
-        statement = _for_update(self._conn, sa.select(sagas).where(sagas.c.id == saga_id))
-        row = (await self._conn.execute(statement)).one_or_none()
+        statement = prepared(
+            self._conn,
+            "saga.load",
+            lambda: _for_update(
+                self._conn, sa.select(sagas).where(sagas.c.id == sa.bindparam("_id"))
+            ),
+        )
+        row = (await self._conn.execute(statement, {"_id": saga_id})).one_or_none()
         if row is None:
             return None
         return SagaState(
@@ -100,26 +106,32 @@ class SqlSagaStore:
         }
 
     async def insert(self, state: SagaState) -> bool:
-        statement = (
-            dialect_insert(self._conn, sagas)
-            .values(
-                id=state.id,
-                definition=state.definition,
-                key=state.key,
-                created_at=state.created_at,
-                **self._row(state),
-            )
-            .on_conflict_do_nothing()
-            .returning(sagas.c.id)
+        statement = prepared(
+            self._conn,
+            "saga.insert",
+            lambda: (
+                dialect_insert(self._conn, sagas).on_conflict_do_nothing().returning(sagas.c.id)
+            ),
         )
-        return (await self._conn.execute(statement)).first() is not None
+        row = {
+            "id": state.id,
+            "definition": state.definition,
+            "key": state.key,
+            "created_at": state.created_at,
+            **self._row(state),
+        }
+        return (await self._conn.execute(statement, row)).first() is not None
 
     async def save(self, state: SagaState) -> bool:
-        result = await self._conn.execute(
-            sagas.update()
-            .where(sagas.c.id == state.id, sagas.c.version == state.version - 1)
-            .values(**self._row(state))
+        statement = prepared(
+            self._conn,
+            "saga.save",
+            lambda: sagas.update().where(
+                sagas.c.id == sa.bindparam("_id"), sagas.c.version == sa.bindparam("_previous")
+            ),
         )
+        params = {"_id": state.id, "_previous": state.version - 1, **self._row(state)}
+        result = await self._conn.execute(statement, params)
         return result.rowcount == 1
 
     async def log(self, saga_id: str, entries: Sequence[LogEntry], at: datetime) -> None:
@@ -157,6 +169,35 @@ _SELECT_LINES = (
     sa.select(order_lines)
     .where(order_lines.c.order_id == sa.bindparam("order_id"))
     .order_by(order_lines.c.line_no)
+)
+
+
+def _order_append(moving: Sequence[NewOrderEvent]) -> Callable[[], Any]:
+    def build() -> Any:
+        values: dict[str, Any] = {
+            "version": orders.c.version + sa.bindparam("_count"),
+            "updated_at": sa.bindparam("_at"),
+        }
+        if moving:
+            values["status"] = sa.bindparam("_status")
+            values["failure_reason"] = sa.bindparam("_reason")
+        return (
+            orders.update()
+            .where(orders.c.id == sa.bindparam("_id"))
+            .values(**values)
+            .returning(orders.c.version, orders.c.status, orders.c.failure_reason)
+        )
+
+    return build
+
+
+_RECENT_ORDERS = (
+    sa.select(sa.func.count())
+    .select_from(orders)
+    .where(
+        orders.c.customer_id == sa.bindparam("_customer"),
+        orders.c.created_at >= sa.bindparam("_since"),
+    )
 )
 
 
@@ -207,22 +248,13 @@ class SqlOrderStream:
     ) -> list[JSON]:
         if not events:
             return []
-        values: JSON = {
-            "version": orders.c.version + len(events),
-            "updated_at": at,
-        }
         moving = [e for e in events if e.status is not None]
+        statement = prepared(self._conn, ("order.append", bool(moving)), _order_append(moving))
+        params: JSON = {"_id": order_id, "_count": len(events), "_at": at}
         if moving:
-            values["status"] = str(moving[-1].status)
-            values["failure_reason"] = moving[-1].failure_reason
-        row = (
-            await self._conn.execute(
-                orders.update()
-                .where(orders.c.id == order_id)
-                .values(**values)
-                .returning(orders.c.version, orders.c.status, orders.c.failure_reason)
-            )
-        ).one_or_none()
+            params["_status"] = str(moving[-1].status)
+            params["_reason"] = moving[-1].failure_reason
+        row = (await self._conn.execute(statement, params)).one_or_none()
         if row is None:
             raise LookupError(f"order {order_id} does not exist")
         known = self._facts.get(order_id)
@@ -259,11 +291,7 @@ class SqlOrderStream:
         ]
 
     async def recent_orders(self, customer_id: str, since: datetime) -> int:
-        count = await self._conn.scalar(
-            sa.select(sa.func.count())
-            .select_from(orders)
-            .where(orders.c.customer_id == customer_id, orders.c.created_at >= since)
-        )
+        count = await self._conn.scalar(_RECENT_ORDERS, {"_customer": customer_id, "_since": since})
         return int(count or 0)
 
 
@@ -332,38 +360,50 @@ _RESERVE = (
 )
 
 
+_AVAILABLE = (
+    sa.select(
+        stock.c.sku,
+        stock.c.warehouse_id,
+        warehouses.c.priority,
+        (stock.c.on_hand - stock.c.reserved).label("available"),
+    )
+    .join(warehouses, warehouses.c.id == stock.c.warehouse_id)
+    .where(stock.c.sku.in_(sa.bindparam("_skus", expanding=True)))
+)
+_LINES = (
+    sa.select(reservation_lines)
+    .where(reservation_lines.c.order_id == sa.bindparam("_order"))
+    .order_by(reservation_lines.c.sku, reservation_lines.c.warehouse_id)
+)
+_LINES_IN = _LINES.where(reservation_lines.c.status == sa.bindparam("_status"))
+
+
 class SqlReservations:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
     async def available(self, skus: Collection[str]) -> list[Available]:
-        rows = await self._conn.execute(
-            sa.select(
-                stock.c.sku,
-                stock.c.warehouse_id,
-                warehouses.c.priority,
-                (stock.c.on_hand - stock.c.reserved).label("available"),
-            )
-            .join(warehouses, warehouses.c.id == stock.c.warehouse_id)
-            .where(stock.c.sku.in_(list(skus)))
-        )
+        rows = await self._conn.execute(_AVAILABLE, {"_skus": list(skus)})
         return [Available(r.sku, r.warehouse_id, r.priority, r.available) for r in rows]
 
     async def open(self, order_id: str, expires_at: datetime, now: datetime) -> str | None:
-        inserted = (
-            await self._conn.execute(
+        statement = prepared(
+            self._conn,
+            "reservation.open",
+            lambda: (
                 dialect_insert(self._conn, reservations)
-                .values(
-                    order_id=order_id,
-                    status=ReservationStatus.ACTIVE.value,
-                    expires_at=expires_at,
-                    created_at=now,
-                    updated_at=now,
-                )
                 .on_conflict_do_nothing()
                 .returning(reservations.c.order_id)
-            )
-        ).first()
+            ),
+        )
+        row = {
+            "order_id": order_id,
+            "status": ReservationStatus.ACTIVE.value,
+            "expires_at": expires_at,
+            "created_at": now,
+            "updated_at": now,
+        }
+        inserted = (await self._conn.execute(statement, row)).first()
         if inserted is not None:
             return None
         status = await self._conn.scalar(
@@ -410,12 +450,10 @@ class SqlReservations:
         return True
 
     async def lines(self, order_id: str, status: str | None = None) -> list[ReservedLine]:
-        statement = sa.select(reservation_lines).where(reservation_lines.c.order_id == order_id)
-        if status is not None:
-            statement = statement.where(reservation_lines.c.status == status)
-        rows = await self._conn.execute(
-            statement.order_by(reservation_lines.c.sku, reservation_lines.c.warehouse_id)
-        )
+        if status is None:
+            rows = await self._conn.execute(_LINES, {"_order": order_id})
+        else:
+            rows = await self._conn.execute(_LINES_IN, {"_order": order_id, "_status": status})
         return [ReservedLine(r.sku, r.warehouse_id, r.quantity) for r in rows]
 
     async def _settle(
@@ -549,14 +587,23 @@ class SqlReservations:
         return [r.order_id for r in rows]
 
 
+_PAYMENT = sa.select(payments).where(payments.c.order_id == sa.bindparam("_order"))
+
+
+def _put_payment(conn: AsyncConnection) -> Any:
+    insert = dialect_insert(conn, payments)
+    return insert.on_conflict_do_update(
+        index_elements=[payments.c.order_id],
+        set_={c.name: insert.excluded[c.name] for c in payments.columns if c.name != "order_id"},
+    )
+
+
 class SqlPaymentRecords:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
     async def get(self, order_id: str) -> PaymentRecord | None:
-        row = (
-            await self._conn.execute(sa.select(payments).where(payments.c.order_id == order_id))
-        ).one_or_none()
+        row = (await self._conn.execute(_PAYMENT, {"_order": order_id})).one_or_none()
         if row is None:
             return None
         return PaymentRecord(
@@ -585,10 +632,8 @@ class SqlPaymentRecords:
             "message": record.message,
             "updated_at": now,
         }
-        insert = dialect_insert(self._conn, payments).values(order_id=record.order_id, **values)
-        await self._conn.execute(
-            insert.on_conflict_do_update(index_elements=[payments.c.order_id], set_=values)
-        )
+        statement = prepared(self._conn, "payment.put", lambda: _put_payment(self._conn))
+        await self._conn.execute(statement, {"order_id": record.order_id, **values})
 
     async def tombstone(self, order_id: str, currency: str, now: datetime) -> bool:
         inserted = (
@@ -641,6 +686,17 @@ def _shipment(row: Any) -> Shipment:
     )
 
 
+_SHIPMENTS_OF = (
+    sa.select(shipments)
+    .where(shipments.c.order_id == sa.bindparam("_order"))
+    .order_by(shipments.c.id)
+)
+_SHIPMENT = sa.select(shipments).where(shipments.c.id == sa.bindparam("_id"))
+_MOVE_SHIPMENT = shipments.update().where(
+    shipments.c.id == sa.bindparam("_id"), shipments.c.status == sa.bindparam("_from")
+)
+
+
 class SqlShipments:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -667,22 +723,17 @@ class SqlShipments:
         )
 
     async def for_order(self, order_id: str) -> list[Shipment]:
-        rows = await self._conn.execute(
-            sa.select(shipments).where(shipments.c.order_id == order_id).order_by(shipments.c.id)
-        )
+        rows = await self._conn.execute(_SHIPMENTS_OF, {"_order": order_id})
         return [_shipment(r) for r in rows]
 
     async def get(self, shipment_id: str) -> Shipment | None:
-        row = (
-            await self._conn.execute(sa.select(shipments).where(shipments.c.id == shipment_id))
-        ).one_or_none()
+        row = (await self._conn.execute(_SHIPMENT, {"_id": shipment_id})).one_or_none()
         return None if row is None else _shipment(row)
 
     async def move(self, shipment_id: str, from_status: str, to_status: str, now: datetime) -> bool:
         result = await self._conn.execute(
-            shipments.update()
-            .where(shipments.c.id == shipment_id, shipments.c.status == from_status)
-            .values(status=to_status, updated_at=now)
+            _MOVE_SHIPMENT,
+            {"_id": shipment_id, "_from": from_status, "status": to_status, "updated_at": now},
         )
         return result.rowcount == 1
 
