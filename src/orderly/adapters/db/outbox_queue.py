@@ -5,8 +5,9 @@ RETURNING``; PostgreSQL adds ``FOR UPDATE SKIP LOCKED`` so competing workers tak
 without waiting, SQLite has a single writer anyway. A claim is a lease: a process that dies
 holding rows loses them when ``claimed_until`` passes and another process claims them again.
 
-Wake-ups: on PostgreSQL a trigger NOTIFYs ``orderly_outbox`` on every insert (migration 0002)
-and this module LISTENs on its own connection; on SQLite, units of work in the same process
+Wake-ups: on PostgreSQL a trigger NOTIFYs ``orderly_outbox`` with the type of every unsent
+message inserted (migrations 0002, 0005) and this module LISTENs on its own connection, waking
+only the consumers of that type; on SQLite, units of work in the same process
 signal an ``OutboxSignal``. Both fall back to polling, which also catches retries coming due.
 """
 
@@ -50,22 +51,25 @@ _RETURNED = (
 
 
 class OutboxSignal:
-    """In-process wake-ups: every registered waiter is woken when messages are committed."""
+    """In-process wake-ups when messages are committed: a waiter registered for some types is
+    woken by messages of those types (or of unknown types); one for all types by any."""
 
     def __init__(self) -> None:
-        self._waiters: set[asyncio.Event] = set()
+        self._waiters: dict[asyncio.Event, frozenset[str] | None] = {}
 
-    def waiter(self) -> asyncio.Event:
+    def waiter(self, types: Collection[str] | None = None) -> asyncio.Event:
         event = asyncio.Event()
-        self._waiters.add(event)
+        self._waiters[event] = None if types is None else frozenset(types)
         return event
 
     def forget(self, event: asyncio.Event) -> None:
-        self._waiters.discard(event)
+        self._waiters.pop(event, None)
 
-    def notify(self) -> None:
-        for event in self._waiters:
-            event.set()
+    def notify(self, types: Collection[str] | None = None) -> None:
+        """Wake the waiters for ``types`` (None: every waiter)."""
+        for event, wanted in self._waiters.items():
+            if types is None or wanted is None or not wanted.isdisjoint(types):
+                event.set()
 
 
 def _claim_statement(dialect: str, with_types: bool) -> Any:
@@ -157,11 +161,12 @@ class OutboxQueue:
         if listener is not None and not listener.is_closed():
             await listener.close(timeout=2)
 
-    def _notified(self, *_: object) -> None:
-        self._signal.notify()
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        # The payload is the type of the new unsent messages (migration 0005); empty: any.
+        self._signal.notify((payload,) if payload else None)
 
-    def waiter(self) -> asyncio.Event:
-        return self._signal.waiter()
+    def waiter(self, types: Collection[str] | None = None) -> asyncio.Event:
+        return self._signal.waiter(types)
 
     def forget(self, event: asyncio.Event) -> None:
         self._signal.forget(event)

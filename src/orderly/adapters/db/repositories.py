@@ -197,8 +197,8 @@ class SqlOutbox:
         self._conn = conn
         self._pending: list[Message] = []
         self._handed: dict[str, datetime] = {}
-        self.unsent_written = 0
-        """Unsent messages written by the last flush (a wake-up is due after commit)."""
+        self.unsent_types: set[str] = set()
+        """Types of the unsent messages written (a wake-up is due after commit)."""
 
     async def add(self, message: Message) -> None:
         self._pending.append(message)
@@ -216,7 +216,7 @@ class SqlOutbox:
         if not self._pending:
             return
         rows = [self._row(m, self._handed.get(m.id)) for m in self._pending]
-        self.unsent_written += sum(1 for m in self._pending if m.id not in self._handed)
+        self.unsent_types.update(m.type for m in self._pending if m.id not in self._handed)
         self._pending = []
         self._handed = {}
         await self._conn.execute(_INSERT_OUTBOX, rows)
@@ -410,7 +410,7 @@ class SqlUnitOfWork:
     read_models: SqlReadModels
 
     def __init__(
-        self, engine: AsyncEngine, on_outbox_commit: Callable[[], None] | None = None
+        self, engine: AsyncEngine, on_outbox_commit: Callable[[Collection[str]], None] | None = None
     ) -> None:
         self._engine = engine
         self._conn: AsyncConnection | None = None
@@ -508,6 +508,6 @@ class SqlUnitOfWork:
             if is_connection_problem(exc):
                 raise StorageUnavailable(str(exc)) from exc
             raise
-        if self._on_outbox_commit is not None and self.outbox.unsent_written:
-            self.outbox.unsent_written = 0
-            self._on_outbox_commit()
+        if self._on_outbox_commit is not None and self.outbox.unsent_types:
+            types, self.outbox.unsent_types = self.outbox.unsent_types, set()
+            self._on_outbox_commit(types)

@@ -59,7 +59,7 @@ class LocalTransport:
     ) -> list[Delivery]:
         loop_time = _loop_time()
         deadline = loop_time + timeout
-        event = self._queue.waiter()
+        event = self._queue.waiter(subscription.types)
         try:
             while True:
                 event.clear()

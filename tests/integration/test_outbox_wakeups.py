@@ -1,0 +1,96 @@
+"""Wake-ups of the local transport: only the consumers of a new message's type, and nobody for
+a message written already delivered (a hand-off). On SQLite through the in-process signal, on
+PostgreSQL through the trigger's NOTIFY (its payload is the type) as well."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+from orderly.adapters.db.outbox_queue import OutboxQueue, OutboxSignal
+from orderly.adapters.db.repositories import SqlUnitOfWork
+from orderly.domain.events import Message
+from tests.conftest import Backend
+
+
+def message(type_: str) -> Message:
+    return Message(
+        id=str(uuid.uuid4()),
+        type=type_,
+        key="k",
+        payload={},
+        created_at=datetime.now(UTC),
+        correlation_id="k",
+    )
+
+
+def queue_and_signal(backend: Backend) -> tuple[OutboxQueue, OutboxSignal]:
+    """A queue and the in-process signal the worker's units of work share with it."""
+    signal = OutboxSignal()
+    engine = backend.container.engine
+    return OutboxQueue(engine, clock=backend.clock, worker_id="t", signal=signal), signal
+
+
+async def commit(backend: Backend, signal: OutboxSignal, added: Message, *, handed: bool) -> None:
+    async with SqlUnitOfWork(backend.container.engine, signal.notify) as uow:
+        await uow.outbox.add(added)
+        if handed:
+            uow.outbox.hand_off(added.id, datetime.now(UTC))
+        await uow.commit()
+
+
+async def woken(event: asyncio.Event) -> bool:
+    try:
+        await asyncio.wait_for(event.wait(), timeout=1.0)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_only_the_consumers_of_the_new_type_wake_up(backend: Backend) -> None:
+    queue, signal = queue_and_signal(backend)
+    await queue.start()
+    try:
+        reserve = queue.waiter({"inventory.reserve"})
+        payment = queue.waiter({"payment.authorize"})
+        relay = queue.waiter()
+        await commit(backend, signal, message("inventory.reserve"), handed=False)
+        assert await woken(reserve)
+        assert await woken(relay)
+        assert not payment.is_set()
+    finally:
+        await queue.stop()
+
+
+async def test_notify_carries_the_type_from_another_process(backend: Backend) -> None:
+    """The listener is woken by a commit it did not make (another process's): on PostgreSQL
+    through NOTIFY with the type as payload; SQLite has no cross-process wake-up (it polls)."""
+    if not backend.is_postgres:
+        return
+    queue = OutboxQueue(backend.container.engine, clock=backend.clock, worker_id="t")
+    await queue.start()
+    try:
+        reserve = queue.waiter({"inventory.reserve"})
+        payment = queue.waiter({"payment.authorize"})
+        # No in-process signal: only the database can tell the queue.
+        async with SqlUnitOfWork(backend.container.engine) as uow:
+            await uow.outbox.add(message("payment.authorize"))
+            await uow.commit()
+        assert await woken(payment)
+        assert not reserve.is_set()
+    finally:
+        await queue.stop()
+
+
+async def test_a_message_written_already_delivered_wakes_nobody(backend: Backend) -> None:
+    queue, signal = queue_and_signal(backend)
+    await queue.start()
+    try:
+        anyone = queue.waiter()
+        reserve = queue.waiter({"inventory.reserve"})
+        await commit(backend, signal, message("inventory.reserve"), handed=True)
+        assert not await woken(anyone)
+        assert not reserve.is_set()
+    finally:
+        await queue.stop()
