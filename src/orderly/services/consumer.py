@@ -353,9 +353,9 @@ class ConsumerRuntime:
             handing.append(found)
             # Recorded in the inbox like any delivery, so a copy that turns up later (a replay,
             # a re-queued row) is recognised and skipped.
-            if await uow.inbox.record(handler.consumer, message.id, now):
-                async with asyncio.timeout(handler.policy.timeout):
-                    await handler.handle(uow, message)
+            uow.inbox.record_new(handler.consumer, message.id, now)
+            async with asyncio.timeout(handler.policy.timeout):
+                await handler.handle(uow, message)
             uow.outbox.hand_off(message.id, now)
             handing.clear()
             self.stats.handed_off += 1

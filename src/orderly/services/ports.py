@@ -198,6 +198,12 @@ class Inbox(Protocol):
         """Mark the message processed for ``consumer``; False if it already was."""
         ...
 
+    def record_new(self, consumer: str, message_id: str, now: datetime) -> None:
+        """Mark processed a message created in this very transaction (a hand-off), which no
+        consumer can have seen before: written with the commit, in one statement for all. A
+        clash (the id was not new after all) fails the commit, never applies twice."""
+        ...
+
 
 class DeliveryAcks(Protocol):
     """Acknowledgement inside the handler's transaction (the local transport's outbox rows)."""

@@ -190,6 +190,16 @@ _RECORD_PROCESSED = {name: _record_processed(name) for name in ("postgresql", "s
 class SqlInbox:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self._new: list[dict[str, Any]] = []
+
+    def record_new(self, consumer: str, message_id: str, now: datetime) -> None:
+        self._new.append({"consumer": consumer, "message_id": message_id, "processed_at": now})
+
+    async def flush(self) -> None:
+        """Write what :meth:`record_new` kept (called by the unit of work before it commits)."""
+        if self._new:
+            rows, self._new = self._new, []
+            await self._conn.execute(processed_messages.insert(), rows)
 
     async def record(self, consumer: str, message_id: str, now: datetime) -> bool:
         statement = _RECORD_PROCESSED[self._conn.dialect.name]

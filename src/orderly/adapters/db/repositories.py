@@ -502,6 +502,7 @@ class SqlUnitOfWork:
         if self._conn is None:
             raise RuntimeError("commit() outside the unit of work")
         try:
+            await self.inbox.flush()
             await self.outbox.flush()
             await self._conn.commit()
         except Exception as exc:
