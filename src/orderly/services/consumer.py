@@ -18,6 +18,7 @@ import asyncio
 import random
 import traceback
 import zlib
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -167,11 +168,15 @@ class ConsumerRuntime:
         self._alerts = alerts
         self._options = options or RuntimeOptions()
         self._rng = rng or random.Random()
+        # Only a type with exactly one consumer here is handed off: a type two consumers want
+        # (a fan-out transport) goes through the transport to both.
+        wanted = Counter(type_ for handler in self._handlers for type_ in handler.types)
         self._inline = {
             type_: handler
             for handler in self._handlers
             if handler.takes_hand_offs
             for type_ in handler.types
+            if wanted[type_] == 1
         }
         self.stats = RuntimeStats()
 

@@ -435,3 +435,38 @@ async def test_a_message_due_later_is_not_handed_off(
         assert harness.runtime.stats.processed == 2
         created = forwarded[0].created_at.timestamp()
         assert time.time() - (time.monotonic() - applied_at) >= created + 0.9
+
+
+async def test_a_type_two_consumers_want_goes_through_the_transport_to_both(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    switch = Switch()
+    forwarded: list[Message] = []
+    seen: list[str] = []
+
+    async def watch(uow: MessageUnitOfWork, message: Message) -> None:
+        seen.append(message.id)
+
+    watcher = Handler("stock-watcher", frozenset({TYPE}), watch, FAST)
+    more = (forwarding_handler(FAST, forwarded), watcher)
+    async with open_transport(redelivery_after=5.0) as probe:
+        fans_out = probe.fans_out
+    if not fans_out:
+        # One consumer per type on this transport: a second one is refused, never starved.
+        with pytest.raises(ValueError, match="one consumer"):
+            async with running(open_transport, runtime_database, switch, FAST, more):
+                pass
+        return
+    async with running(open_transport, runtime_database, switch, FAST, more) as (
+        harness,
+        transport,
+    ):
+        await transport.publish([forward(5)])
+
+        async def both() -> bool:
+            return await harness.on_hand() == START + 5 and len(seen) == 1
+
+        await eventually(both)
+        assert seen == [forwarded[0].id]
+        assert harness.runtime.stats.handed_off == 0
+        assert (await outbox_row(runtime_database, forwarded[0].id)).sent_at is not None
