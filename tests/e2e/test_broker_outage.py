@@ -31,6 +31,7 @@ from tests.e2e.test_pipeline_crashes import (
     start_all,
 )
 from tests.support.brokers import PrivateBroker, private_nats, private_redis, private_tansu
+from tests.support.namespaces import delete_broker_namespace
 from tests.support.pipeline import Deployment, deployment, place_orders
 
 pytestmark = pytest.mark.timeout(300)
@@ -109,9 +110,10 @@ async def disturbed(
         "local_postgres": "local://",
         "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
     }.get(name) or (broker.url if broker else "")
+    namespace = f"out{uuid.uuid4().hex[:10]}"
     overrides = {
         "ORDERLY_BROKER_URL": broker_url,
-        "ORDERLY_BROKER_NAMESPACE": f"out{uuid.uuid4().hex[:10]}",
+        "ORDERLY_BROKER_NAMESPACE": namespace,
         "ORDERLY_REDELIVERY_AFTER_SECONDS": "3",
         "ORDERLY_RETRY_BASE_DELAY_SECONDS": "0.2",
         "ORDERLY_RETRY_ATTEMPTS": "5",
@@ -131,6 +133,8 @@ async def disturbed(
     finally:
         if broker is not None:
             broker.stop()
+        else:
+            await delete_broker_namespace(broker_url, namespace)
 
 
 async def test_orders_placed_around_an_outage_all_end_correctly(

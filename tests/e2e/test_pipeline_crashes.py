@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import throwaway_postgres_database
 from tests.e2e.conftest import cli_token
+from tests.support.namespaces import delete_broker_namespace
 from tests.support.pipeline import Deployment, deployment, place_orders
 
 pytestmark = pytest.mark.timeout(300)
@@ -62,23 +63,27 @@ async def running(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         from tests.support.tansu import ensure_tansu
 
         broker_url = ensure_tansu()
+    namespace = f"e2e{uuid.uuid4().hex[:10]}"
     overrides = {
         "ORDERLY_BROKER_URL": broker_url,
-        "ORDERLY_BROKER_NAMESPACE": f"e2e{uuid.uuid4().hex[:10]}",
+        "ORDERLY_BROKER_NAMESPACE": namespace,
         "ORDERLY_REDELIVERY_AFTER_SECONDS": "3",
         "ORDERLY_RETRY_BASE_DELAY_SECONDS": "0.2",
         "ORDERLY_RETRY_ATTEMPTS": "5",
     }
-    if setup.postgres:
-        async with (
-            throwaway_postgres_database("orderly_e2e") as url,
-            deployment(tmp_path, url, overrides) as made,
-        ):
-            yield made
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'orderly.db'}"
-        async with deployment(tmp_path, url, overrides) as made:
-            yield made
+    try:
+        if setup.postgres:
+            async with (
+                throwaway_postgres_database("orderly_e2e") as url,
+                deployment(tmp_path, url, overrides) as made,
+            ):
+                yield made
+        else:
+            url = f"sqlite+aiosqlite:///{tmp_path / 'orderly.db'}"
+            async with deployment(tmp_path, url, overrides) as made:
+                yield made
+    finally:
+        await delete_broker_namespace(broker_url, namespace)
 
 
 def start_all(made: Deployment, workers: int = 2) -> None:
