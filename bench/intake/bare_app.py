@@ -4,7 +4,8 @@ It sends the statements of ``orderly.adapters.db.pg_sql`` (orderly's own SQL) in
 claim the Idempotency-Key under ``pg_try_advisory_xact_lock``, price the SKUs, insert the order
 with its lines and first event, insert the outbox message, store the response on the key row,
 commit.
-A retry of a finished key replays the stored response and rolls back, as orderly does. JWT
+A retry of a finished key replays the stored response (read by the claim, which writes nothing for
+a live key) and rolls back, as orderly does. JWT
 verification (pyjwt, HS256) matches orderly's; validation is the minimum that keeps bad input
 out of the database. No SQLAlchemy, no pydantic models.
 
@@ -234,14 +235,14 @@ async def intake(conn: Any, config: BareConfig, scope: KeyScope, order: OrderReq
     committed = False
     try:
         now = datetime.now(UTC)
-        key_id = await conn.fetchval(
+        claim = await conn.fetchrow(
             sql.CLAIM_KEY,
             *(scope.user_id, "POST", ROUTE, scope.key, order.fingerprint),
             *(now, now + config.key_ttl, scope.lock_id),
         )
-        if key_id is None:
-            return await _replay(conn, scope, order)
-        response = await _place(conn, scope.user_id, order, key_id)
+        if claim["claimed_id"] is None:
+            return await _replay(conn, scope, order, claim, now)
+        response = await _place(conn, scope.user_id, order, claim["claimed_id"])
         await transaction.commit()
         committed = True
         return response
@@ -250,9 +251,13 @@ async def intake(conn: Any, config: BareConfig, scope: KeyScope, order: OrderReq
             await transaction.rollback()
 
 
-async def _replay(conn: Any, scope: KeyScope, order: OrderRequest) -> Response:
-    row = await conn.fetchrow(sql.SELECT_KEY, scope.user_id, "POST", ROUTE, scope.key)
-    if row is None or row["response_status"] is None:
+async def _replay(
+    conn: Any, scope: KeyScope, order: OrderRequest, row: Any, now: datetime
+) -> Response:
+    """The claim read the live key; or, if it saw none, a fresh read (as orderly does)."""
+    if row["expires_at"] is None or row["expires_at"] <= now:
+        row = await conn.fetchrow(sql.SELECT_KEY, scope.user_id, "POST", ROUTE, scope.key)
+    if row is None or row["expires_at"] <= now or row["response_status"] is None:
         raise HttpError(409, "this Idempotency-Key is still in flight", {"Retry-After": "1"})
     if row["fingerprint"] != order.fingerprint:
         raise HttpError(422, "this Idempotency-Key was already used with a different body")

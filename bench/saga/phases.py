@@ -11,8 +11,9 @@ count of final orders; the phase gives up after its timeout.
 
 Where the time goes, per phase: each saga step's time from ``step.requested`` to its reply
 being applied (``saga_log``, the orchestrator's clock), the order's wait from intake to
-``saga.started``, the messages the phase created per order (``outbox_messages``) and the
-inbox rows per consumer (``processed_messages``).
+``saga.started``, the messages the phase wrote to the outbox per order (``outbox_messages``)
+and the inbox rows per consumer (``processed_messages``): both count deliveries only, since a
+message handed off inside a transaction is written to neither.
 """
 
 from __future__ import annotations

@@ -216,10 +216,14 @@ ROWS: list[tuple[str, str, Callable[[Doc], str]]] = [
             f"{p['intake_to_saga_started']['p99_s'] * 1000:.0f}"
         ),
     ),
-    ("spread", "messages per order", lambda p: _f(p["messages_per_order"], "{:.1f}")),
     (
         "spread",
-        "worker CPU ms per message processed",
+        "outbox messages per order (hand-offs not written)",
+        lambda p: _f(p["messages_per_order"], "{:.1f}"),
+    ),
+    (
+        "spread",
+        "worker CPU ms per delivery (inbox row)",
         lambda p: _f(p["worker_cpu_ms_per_message"], "{:.2f}"),
     ),
     (

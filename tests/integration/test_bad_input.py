@@ -52,6 +52,21 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ("malformed json", b'{"items": [', 400, "malformed-json"),
     ("not json at all", b"hello", 400, "malformed-json"),
     ("too large", b'{"items":[],"pad":"' + b"x" * 70_000 + b'"}', 413, "body-too-large"),
+    # Not RFC 8259 JSON in UTF-8 (the standard library's parser took some of these).
+    ("NaN quantity", b'{"items":[{"sku":"PROD-001","quantity":NaN}]}', 400, "malformed-json"),
+    (
+        "infinite quantity",
+        b'{"items":[{"sku":"PROD-001","quantity":1e400}]}',
+        400,
+        "malformed-json",
+    ),
+    ("byte order mark", b"\xef\xbb\xbf" + json.dumps(GOOD).encode(), 400, "malformed-json"),
+    ("UTF-16", json.dumps(GOOD).encode("utf-16"), 400, "malformed-json"),
+    ("invalid UTF-8", body(paymentMethod="x")[:-3] + b'\xff"}', 400, "malformed-json"),
+    ("lone surrogate", body()[:-1] + b',"paymentMethod":"\\ud800"}', 400, "malformed-json"),
+    ("deep arrays", b"[" * 5000 + b"]" * 5000, 400, "malformed-json"),
+    ("deep objects", b'{"a":' * 3000 + b"1" + b"}" * 3000, 400, "malformed-json"),
+    ("deep items", b'{"items":' + b"[" * 900 + b"]" * 900 + b"}", 422, "validation"),
 ]
 
 
@@ -169,3 +184,87 @@ async def test_expired_and_foreign_tokens_are_401(
     for token in (expired, foreign):
         response = await client.get("/api/orders", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 401
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/jsonx"])
+async def test_a_body_not_declared_json_is_422(
+    client: httpx.AsyncClient, alice: dict[str, str], backend: Backend, content_type: str | None
+) -> None:
+    """As a FastAPI body parameter answers: only application/json or application/*+json
+    bodies are parsed; any other body is not an order."""
+    before = await row_counts(backend)
+    headers = {**alice, "Idempotency-Key": str(uuid.uuid4())}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = await client.post("/api/orders", content=body(), headers=headers)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["body"]
+    assert await row_counts(backend) == before
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "APPLICATION/JSON", "application/ld+json"]
+)
+async def test_json_content_types_are_parsed(
+    client: httpx.AsyncClient, alice: dict[str, str], content_type: str
+) -> None:
+    response = await client.post(
+        "/api/orders",
+        content=body(),
+        headers={**alice, "Idempotency-Key": str(uuid.uuid4()), "Content-Type": content_type},
+    )
+    assert response.status_code == 202, response.text
+
+
+async def test_empty_body_is_422_missing(client: httpx.AsyncClient, alice: dict[str, str]) -> None:
+    response = await client.post(
+        "/api/orders",
+        content=b"",
+        headers={**alice, "Idempotency-Key": str(uuid.uuid4()), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"loc": ["body"], "msg": "Field required", "type": "missing"}
+    ]
+
+
+async def test_checks_run_in_order_json_token_body_key(
+    client: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    """Malformed JSON is answered before the token is looked at; an invalid body before the
+    Idempotency-Key; a userId of another user after both."""
+
+    async def post(raw: bytes, headers: dict[str, str]) -> str:
+        response = await client.post(
+            "/api/orders", content=raw, headers={**headers, "Content-Type": "application/json"}
+        )
+        slug: str = response.json()["type"].rsplit("/", 1)[-1]
+        return slug
+
+    assert await post(b"{", {}) == "malformed-json"
+    assert await post(b"{}", {}) == "unauthorized"
+    assert await post(b"{}", alice) == "validation"
+    assert await post(body(), alice) == "idempotency-key-missing"
+    other = body(userId="mallory")
+    assert await post(other, {**alice, "Idempotency-Key": str(uuid.uuid4())}) == "forbidden"
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (b'{"reason": ', "the request body is not valid JSON"),
+        (b"[" * 300 + b"]" * 300, "the request body is nested too deeply"),
+    ],
+)
+async def test_cancel_with_a_bad_body_is_400(
+    client: httpx.AsyncClient, alice: dict[str, str], raw: bytes, detail: str
+) -> None:
+    response = await client.post(
+        "/api/orders/some-order/cancel",
+        content=raw,
+        headers={**alice, "Idempotency-Key": str(uuid.uuid4()), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"].endswith("/malformed-json")
+    assert response.json()["detail"] == detail

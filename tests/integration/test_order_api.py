@@ -357,3 +357,18 @@ async def test_reads_need_a_token(client: httpx.AsyncClient, path: str) -> None:
     response = await client.get(path)
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_openapi_describes_the_order_body_the_route_parses_itself(app: Any) -> None:
+    operation = app.openapi()["paths"]["/api/orders"]["post"]
+    assert operation["requestBody"] == {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PlaceOrderIn"}}},
+    }
+    assert operation["security"] == [{"HTTPBearer": []}]
+    assert [p["name"] for p in operation["parameters"]] == ["Idempotency-Key"]
+    schemas = app.openapi()["components"]["schemas"]
+    order = schemas["PlaceOrderIn"]
+    assert order["additionalProperties"] is False
+    assert set(order["properties"]) >= {"items", "paymentMethod", "shippingAddress", "productId"}
+    assert {"OrderItemIn", "AddressIn"} <= set(schemas)

@@ -1,5 +1,5 @@
 """Wake-ups of the local transport: only the consumers of a new message's type, and nobody for
-a message written already delivered (a hand-off). On SQLite through the in-process signal, on
+a message handed off (it is not written). On SQLite through the in-process signal, on
 PostgreSQL through the trigger's NOTIFY (its payload is the type) as well."""
 
 from __future__ import annotations
@@ -8,8 +8,11 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
+
 from orderly.adapters.db.outbox_queue import OutboxQueue, OutboxSignal
 from orderly.adapters.db.repositories import SqlUnitOfWork
+from orderly.adapters.db.tables import outbox_messages
 from orderly.domain.events import Message
 from tests.conftest import Backend
 
@@ -32,11 +35,9 @@ def queue_and_signal(backend: Backend) -> tuple[OutboxQueue, OutboxSignal]:
     return OutboxQueue(engine, clock=backend.clock, worker_id="t", signal=signal), signal
 
 
-async def commit(backend: Backend, signal: OutboxSignal, added: Message, *, handed: bool) -> None:
+async def commit(backend: Backend, signal: OutboxSignal, added: Message) -> None:
     async with SqlUnitOfWork(backend.container.engine, signal.notify) as uow:
         await uow.outbox.add(added)
-        if handed:
-            uow.outbox.hand_off(added.id, datetime.now(UTC))
         await uow.commit()
 
 
@@ -55,7 +56,7 @@ async def test_only_the_consumers_of_the_new_type_wake_up(backend: Backend) -> N
         reserve = queue.waiter({"inventory.reserve"})
         payment = queue.waiter({"payment.authorize"})
         relay = queue.waiter()
-        await commit(backend, signal, message("inventory.reserve"), handed=False)
+        await commit(backend, signal, message("inventory.reserve"))
         assert await woken(reserve)
         assert await woken(relay)
         assert not payment.is_set()
@@ -83,14 +84,23 @@ async def test_notify_carries_the_type_from_another_process(backend: Backend) ->
         await queue.stop()
 
 
-async def test_a_message_written_already_delivered_wakes_nobody(backend: Backend) -> None:
+async def test_a_handed_off_message_is_not_written_and_wakes_nobody(backend: Backend) -> None:
     queue, signal = queue_and_signal(backend)
     await queue.start()
     try:
         anyone = queue.waiter()
         reserve = queue.waiter({"inventory.reserve"})
-        await commit(backend, signal, message("inventory.reserve"), handed=True)
-        assert not await woken(anyone)
+        handed, kept = message("inventory.reserve"), message("payment.authorize")
+        async with SqlUnitOfWork(backend.container.engine, signal.notify) as uow:
+            await uow.outbox.add(handed)
+            await uow.outbox.add(kept)
+            uow.outbox.hand_off(handed.id)
+            await uow.commit()
+        assert await woken(anyone)
         assert not reserve.is_set()
+        async with backend.container.engine.connect() as conn:
+            ids = outbox_messages.c.message_id
+            written = await conn.scalars(sa.select(ids).where(ids.in_([handed.id, kept.id])))
+            assert list(written) == [kept.id]
     finally:
         await queue.stop()

@@ -241,8 +241,9 @@ async def deliver(engine: AsyncEngine, message: Message, *, record: bool = True)
                 processed_messages.insert(),
                 {"consumer": PROJECTIONS, "message_id": message.id, "processed_at": T0},
             )
-        uow = cast(MessageUnitOfWork, ReadModelsUow(SqlReadModels(conn)))
-        await HANDLER.handle(uow, message)
+        models = SqlReadModels(conn)
+        await HANDLER.handle(cast(MessageUnitOfWork, ReadModelsUow(models)), message)
+        await models.flush()
 
 
 async def write_stock_change(

@@ -304,7 +304,7 @@ class SagaHarness:
                 raise AssertionError(
                     f"order {order_id} still {order.status} after {within}s; "
                     f"saga {await self.saga(order_id)}; "
-                    f"unsent {await self.unsent(order_id)}"
+                    f"unsent {await self.unsent_detail(order_id)} at {self.clock.now()}"
                 )
             await asyncio.sleep(0.02)
 
@@ -446,6 +446,20 @@ class SagaHarness:
             )
         )
         return [r.type for r in rows]
+
+    async def unsent_detail(self, key: str) -> list[str]:
+        """The unsent messages of a key with their queue state, for a failure's message."""
+        o = outbox_messages.c
+        rows = await self._all(
+            sa.select(o.type, o.attempts, o.available_at, o.claimed_by, o.claimed_until)
+            .where(o.key == key, o.sent_at.is_(None))
+            .order_by(o.id)
+        )
+        return [
+            f"{r.type} (attempts {r.attempts}, available {r.available_at}, "
+            f"claimed by {r.claimed_by} until {r.claimed_until})"
+            for r in rows
+        ]
 
     async def ledger_balances(self) -> None:
         """For every (sku, warehouse): the ledger's deltas add up to on_hand and reserved, and

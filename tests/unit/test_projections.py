@@ -31,6 +31,7 @@ from orderly.services.projections import (
     projections_handler,
     snapshot_differences,
     stock_entries_from_payload,
+    touches_fulfilment,
 )
 
 T0 = datetime(2026, 5, 7, 10, 0, tzinfo=UTC)
@@ -329,6 +330,27 @@ def test_other_steps_leave_fulfilment_alone() -> None:
     )
     row = fulfilment(events)
     assert (row["status"], row["version"]) == ("RETURNED", 9)
+
+
+def test_an_event_said_not_to_touch_fulfilment_never_moves_it() -> None:
+    """The read model skips reading the fulfilment row for such events: that must be safe."""
+    streams = [
+        confirmed_stream(),
+        _capture_failed(event(9, "order.step_compensated", step="fulfil", returned=["s-1"])),
+        _capture_failed(event(9, "order.compensation_failed", step="fulfil")),
+        [*confirmed_stream()[:5], event(6, "order.step_timed_out", step="fulfil")],
+    ]
+    touching = set()
+    for stream in streams:
+        for n, current in enumerate(stream):
+            before = fulfilment(stream[:n])
+            after = fulfilment([current], before)
+            if not touches_fulfilment([current]):
+                assert after == before, current
+            else:
+                touching.add(current.type)
+    assert touching >= {"order.fulfilling", "order.shipped", "order.step_compensated"}
+    assert not touches_fulfilment(confirmed_stream()[:4] + confirmed_stream()[6:])
 
 
 # ---- stock ----------------------------------------------------------------------------------

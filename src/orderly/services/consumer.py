@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import traceback
-import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -205,8 +204,7 @@ class ConsumerRuntime:
         # Hold at most two deliveries per lane: a message claimed under a lease must not wait
         # in a queue until the lease runs out (it would be handed out again, a duplicate).
         room = _Room(2 * lane_count)
-        lanes: list[asyncio.Queue[Delivery | None]] = [asyncio.Queue() for _ in range(lane_count)]
-        workers = [asyncio.create_task(self._lane(handler, lane, room)) for lane in lanes]
+        lanes = _KeyLanes(lane_count)
         pause = 0.5
         try:
             while not stop.is_set():
@@ -230,38 +228,27 @@ class ConsumerRuntime:
                 pause = 0.5
                 room.take(len(deliveries))
                 for delivery in deliveries:
-                    index = zlib.crc32(delivery.message.key.encode()) % len(lanes)
-                    lanes[index].put_nowait(delivery)
+                    lanes.add(delivery, lambda d: self._settle(handler, d, room))
         finally:
-            for lane in lanes:
-                lane.put_nowait(None)
-            _, unfinished = await asyncio.wait(workers, timeout=options.drain_timeout)
-            for task in unfinished:
-                task.cancel()
-            await asyncio.gather(*unfinished, return_exceptions=True)
+            await lanes.drain(options.drain_timeout)
 
-    async def _lane(
-        self, handler: Handler, lane: asyncio.Queue[Delivery | None], room: _Room
-    ) -> None:
-        while (delivery := await lane.get()) is not None:
-            try:
-                await self.process(handler, delivery)
-            except TransportUnavailable as exc:
-                # The message stays unacknowledged; the transport hands it out again.
-                log.warning(
-                    "could not settle a delivery",
-                    consumer=handler.consumer,
-                    message_id=delivery.message.id,
-                    error=str(exc),
-                )
-            except Exception:
-                log.exception(
-                    "consumer runtime error",
-                    consumer=handler.consumer,
-                    message_id=delivery.message.id,
-                )
-            finally:
-                room.give_back()
+    async def _settle(self, handler: Handler, delivery: Delivery, room: _Room) -> None:
+        try:
+            await self.process(handler, delivery)
+        except TransportUnavailable as exc:
+            # The message stays unacknowledged; the transport hands it out again.
+            log.warning(
+                "could not settle a delivery",
+                consumer=handler.consumer,
+                message_id=delivery.message.id,
+                error=str(exc),
+            )
+        except Exception:
+            log.exception(
+                "consumer runtime error", consumer=handler.consumer, message_id=delivery.message.id
+            )
+        finally:
+            room.give_back()
 
     async def process(self, handler: Handler, delivery: Delivery) -> None:
         """Apply one delivery exactly once, or account for its failure."""
@@ -356,12 +343,9 @@ class ConsumerRuntime:
                 return
             handler, message = found
             handing.append(found)
-            # Recorded in the inbox like any delivery, so a copy that turns up later (a replay,
-            # a re-queued row) is recognised and skipped.
-            uow.inbox.record_new(handler.consumer, message.id, now)
             async with asyncio.timeout(handler.policy.timeout):
                 await handler.handle(uow, message)
-            uow.outbox.hand_off(message.id, now)
+            uow.outbox.hand_off(message.id)
             handing.clear()
             self.stats.handed_off += 1
 
@@ -495,6 +479,53 @@ class _HandOffFailed(Exception):
         self.handler = handler
         self.message = message
         self.error = error
+
+
+class _KeyLanes:
+    """One lane per message key, at most ``concurrency`` of them working at a time.
+
+    Deliveries of one key are processed one after the other, in the order received; different
+    keys run concurrently. Unlike a fixed set of lanes chosen by a hash of the key, two keys
+    never wait for each other (with slow outside calls, such as a payment gateway's, a hash
+    collision would queue one order behind another's call).
+    """
+
+    def __init__(self, concurrency: int) -> None:
+        self._working = asyncio.Semaphore(concurrency)
+        self._queues: dict[str, deque[Delivery]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, delivery: Delivery, settle: Callable[[Delivery], Awaitable[None]]) -> None:
+        key = delivery.message.key
+        queue = self._queues.get(key)
+        if queue is not None:
+            queue.append(delivery)
+            return
+        queue = self._queues[key] = deque([delivery])
+        task = asyncio.create_task(self._run(key, queue, settle))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self, key: str, queue: deque[Delivery], settle: Callable[[Delivery], Awaitable[None]]
+    ) -> None:
+        try:
+            while queue:
+                async with self._working:
+                    await settle(queue[0])
+                queue.popleft()
+        finally:
+            if self._queues.get(key) is queue:
+                del self._queues[key]
+
+    async def drain(self, timeout: float) -> None:
+        """Let the lanes finish what they hold, for at most ``timeout``; then cancel them."""
+        if not self._tasks:
+            return
+        _, unfinished = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
 
 
 class _Room:

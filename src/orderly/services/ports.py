@@ -71,16 +71,18 @@ class HandOffOutbox(Outbox, Protocol):
     """A message handler's outbox: what this transaction added may be handed straight to a
     consumer running in the same transaction, instead of waiting for delivery.
 
-    A handed-off message is still written to the outbox (it is the record of what was sent),
-    but already delivered, so no transport hands it out again.
+    A handed-off message is not written to the outbox at all: it exists only inside the
+    transaction that created and applied it, so there is no copy for any transport to deliver
+    and none for an inbox to recognise. What it did is recorded where every effect is (the
+    order's events, the saga log, the stock ledger).
     """
 
     def added(self) -> Sequence[Message]:
         """Messages added in this transaction and not handed off, in the order added."""
         ...
 
-    def hand_off(self, message_id: str, at: datetime) -> None:
-        """Mark a message added in this transaction as delivered at ``at``."""
+    def hand_off(self, message_id: str) -> None:
+        """Take a message added in this transaction out of what is written: it was applied."""
         ...
 
 
@@ -92,7 +94,8 @@ class IdempotencyStore(Protocol):
     ) -> ClaimResult:
         """Insert the key if absent (or expired) and report what was found otherwise.
 
-        Runs inside the unit of work, so a rollback releases the claim.
+        Runs inside the unit of work, so a rollback releases the claim. A live key is only
+        read (``Existing``): the retry of a finished request writes nothing.
         """
         ...
 
@@ -196,12 +199,6 @@ class Inbox(Protocol):
 
     async def record(self, consumer: str, message_id: str, now: datetime) -> bool:
         """Mark the message processed for ``consumer``; False if it already was."""
-        ...
-
-    def record_new(self, consumer: str, message_id: str, now: datetime) -> None:
-        """Mark processed a message created in this very transaction (a hand-off), which no
-        consumer can have seen before: written with the commit, in one statement for all. A
-        clash (the id was not new after all) fails the commit, never applies twice."""
         ...
 
 

@@ -280,6 +280,17 @@ def _fulfilment_step(
     return moved
 
 
+def touches_fulfilment(events: Iterable[StreamEvent]) -> bool:
+    """Whether any of ``events`` may move the ``rm_fulfilment`` row (if not, the row need not
+    be read)."""
+    return any(
+        e.type in ("order.fulfilling", "order.shipped")
+        or e.data.get("status") == OrderStatus.FULFILLING
+        or e.data.get("step") == FULFIL_STEP
+        for e in events
+    )
+
+
 def fold_fulfilment(
     events: Iterable[StreamEvent],
     *,

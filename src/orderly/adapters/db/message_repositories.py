@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from orderly.adapters.db import direct
 from orderly.adapters.db.tables import (
     dead_letter_replays,
     dead_letters,
@@ -190,21 +191,11 @@ _RECORD_PROCESSED = {name: _record_processed(name) for name in ("postgresql", "s
 class SqlInbox:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
-        self._new: list[dict[str, Any]] = []
-
-    def record_new(self, consumer: str, message_id: str, now: datetime) -> None:
-        self._new.append({"consumer": consumer, "message_id": message_id, "processed_at": now})
-
-    async def flush(self) -> None:
-        """Write what :meth:`record_new` kept (called by the unit of work before it commits)."""
-        if self._new:
-            rows, self._new = self._new, []
-            await self._conn.execute(processed_messages.insert(), rows)
 
     async def record(self, consumer: str, message_id: str, now: datetime) -> bool:
         statement = _RECORD_PROCESSED[self._conn.dialect.name]
         params = {"consumer": consumer, "message_id": message_id, "processed_at": now}
-        return (await self._conn.execute(statement, params)).first() is not None
+        return (await direct.execute(self._conn, statement, params)).first() is not None
 
 
 class SqlDeliveryAcks:
@@ -216,7 +207,7 @@ class SqlDeliveryAcks:
     async def acknowledge(self, handle: object, now: datetime) -> None:
         if not isinstance(handle, int):
             raise TypeError(f"not an outbox row id: {handle!r}")
-        await self._conn.execute(_ACK_ROW, {"_id": handle, "sent_at": now})
+        await direct.execute(self._conn, _ACK_ROW, {"_id": handle, "sent_at": now})
 
 
 class SqlFailureLog:

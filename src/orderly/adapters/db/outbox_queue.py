@@ -22,9 +22,11 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orderly.adapters.db import direct
 from orderly.adapters.db.engine import writer_gate
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.tables import outbox_messages
@@ -72,6 +74,9 @@ class OutboxSignal:
                 event.set()
 
 
+_TEXTS = postgresql.ARRAY(sa.String)
+
+
 def _claim_statement(dialect: str, with_types: bool) -> Any:
     pending = (
         sa.select(_o.id)
@@ -83,10 +88,14 @@ def _claim_statement(dialect: str, with_types: bool) -> Any:
         .order_by(_o.id)
         .limit(sa.bindparam("limit"))
     )
-    if with_types:
-        pending = pending.where(_o.type.in_(sa.bindparam("types", expanding=True)))
     if dialect == "postgresql":
+        if with_types:
+            # One array parameter instead of an expanding IN: one statement for every set of
+            # types, run straight on the driver (adapters/db/direct.py).
+            pending = pending.where(_o.type == sa.any_(sa.bindparam("types", type_=_TEXTS)))
         pending = pending.with_for_update(skip_locked=True)
+    elif with_types:
+        pending = pending.where(_o.type.in_(sa.bindparam("types", expanding=True)))
     return (
         outbox_messages.update()
         .where(_o.id.in_(pending.scalar_subquery()))
@@ -100,11 +109,14 @@ _CLAIM = {
     for dialect in ("postgresql", "sqlite")
     for with_types in (True, False)
 }
-_MARK_SENT = (
-    outbox_messages.update()
+_MARK_SENT = {
+    "postgresql": outbox_messages.update()
+    .where(_o.id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger))))
+    .values(sent_at=sa.bindparam("sent_at"), claimed_by=None, claimed_until=None),
+    "sqlite": outbox_messages.update()
     .where(_o.id.in_(sa.bindparam("ids", expanding=True)))
-    .values(sent_at=sa.bindparam("sent_at"), claimed_by=None, claimed_until=None)
-)
+    .values(sent_at=sa.bindparam("sent_at"), claimed_by=None, claimed_until=None),
+}
 _RELEASE = (
     outbox_messages.update()
     .where(_o.id.in_(sa.bindparam("ids", expanding=True)), _o.sent_at.is_(None))
@@ -193,7 +205,7 @@ class OutboxQueue:
             params["types"] = list(types)
         statement = _CLAIM[(self._dialect, types is not None)]
         async with self._transaction() as conn:
-            rows = (await conn.execute(statement, params)).all()
+            rows = list((await direct.execute(conn, statement, params)).all())
         rows.sort(key=lambda r: r.id)
         return [
             QueuedMessage(
@@ -216,7 +228,11 @@ class OutboxQueue:
     async def mark_sent(self, ids: Sequence[int]) -> None:
         if ids:
             async with self._transaction() as conn:
-                await conn.execute(_MARK_SENT, {"ids": list(ids), "sent_at": self._clock.now()})
+                await direct.execute(
+                    conn,
+                    _MARK_SENT[self._dialect],
+                    {"ids": list(ids), "sent_at": self._clock.now()},
+                )
 
     async def release(self, ids: Sequence[int]) -> None:
         if ids:

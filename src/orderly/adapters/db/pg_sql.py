@@ -35,17 +35,35 @@ VALUES ($1::varchar, $2::varchar, $3::varchar, $4::jsonb, $5::jsonb, $6::varchar
         $7::varchar, $8::timestamptz, $8::timestamptz, 0)
 """
 
+# One statement claims a key or reads the finished one. A key found live (not expired) in the
+# statement's snapshot is only read: no row is offered to the INSERT, so a retry of a finished
+# request takes no transaction id, no sequence value and writes no WAL. Otherwise the row is
+# offered under a transaction-scoped advisory lock on the scope (a concurrent claim of an
+# uncommitted key gets nothing at once) and an expired key is taken over. claimed_id is the
+# claimed row's id, or NULL with the columns of the live key (if any) beside it.
 CLAIM_KEY = """
-INSERT INTO idempotency_keys (user_id, method, route, key, fingerprint, created_at, expires_at)
-SELECT $1::varchar, $2::varchar, $3::varchar, $4::varchar, $5::varchar, $6::timestamptz,
-       $7::timestamptz
-WHERE pg_try_advisory_xact_lock($8::bigint)
-ON CONFLICT (user_id, method, route, key) DO UPDATE
-SET fingerprint = excluded.fingerprint, created_at = excluded.created_at,
-    expires_at = excluded.expires_at, response_status = NULL, response_headers = NULL,
-    response_body = NULL, resource_id = NULL, resource_status = NULL
-WHERE idempotency_keys.expires_at <= excluded.created_at
-RETURNING id
+WITH found AS (
+    SELECT fingerprint, response_status, response_headers, response_body, resource_id,
+           resource_status, expires_at
+    FROM idempotency_keys
+    WHERE user_id = $1::varchar AND method = $2::varchar AND route = $3::varchar
+      AND key = $4::varchar
+), claimed AS (
+    INSERT INTO idempotency_keys (user_id, method, route, key, fingerprint, created_at,
+                                  expires_at)
+    SELECT $1::varchar, $2::varchar, $3::varchar, $4::varchar, $5::varchar, $6::timestamptz,
+           $7::timestamptz
+    WHERE NOT EXISTS (SELECT FROM found WHERE found.expires_at > $6::timestamptz)
+      AND pg_try_advisory_xact_lock($8::bigint)
+    ON CONFLICT (user_id, method, route, key) DO UPDATE
+    SET fingerprint = excluded.fingerprint, created_at = excluded.created_at,
+        expires_at = excluded.expires_at, response_status = NULL, response_headers = NULL,
+        response_body = NULL, resource_id = NULL, resource_status = NULL
+    WHERE idempotency_keys.expires_at <= excluded.created_at
+    RETURNING id
+)
+SELECT claimed.id AS claimed_id, found.*
+FROM (SELECT) AS one LEFT JOIN claimed ON true LEFT JOIN found ON true
 """
 
 SELECT_KEY = """

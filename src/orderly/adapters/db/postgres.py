@@ -17,7 +17,9 @@ from typing import Any, Self
 
 import asyncpg
 import orjson
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.pg_sql import (
@@ -35,7 +37,7 @@ from orderly.adapters.db.pg_sql import (
     STOCK_ON_HAND_FOR_UPDATE,
     WAREHOUSE_EXISTS,
 )
-from orderly.adapters.db.repositories import advisory_lock_id, key_record
+from orderly.adapters.db.repositories import advisory_lock_id, live_key
 from orderly.adapters.db.saga_repositories import stock_changed_payload
 from orderly.domain.catalogue import Product, StockLevel
 from orderly.domain.events import Message
@@ -44,9 +46,7 @@ from orderly.domain.orders import PlacedOrder
 from orderly.services.idempotency_types import (
     Claimed,
     ClaimResult,
-    Existing,
     IdempotencyScope,
-    InFlight,
     StoredResponse,
 )
 from orderly.services.ports import StockChange, StorageUnavailable
@@ -129,7 +129,8 @@ class PgOutbox:
 
 
 class PgIdempotencyStore:
-    """The same claim as ``SqlIdempotencyStore`` (advisory lock, expired take-over)."""
+    """The same claim as ``SqlIdempotencyStore`` (advisory lock, expired take-over), in one
+    statement that only reads a live key: a retry of a finished request writes nothing."""
 
     def __init__(self, db: asyncpg.Connection) -> None:
         self._db = db
@@ -139,14 +140,18 @@ class PgIdempotencyStore:
         self, scope: IdempotencyScope, fingerprint: str, now: datetime, expires_at: datetime
     ) -> ClaimResult:
         scope_args = (scope.user_id, scope.method, scope.route, scope.key)
-        claimed = await self._db.fetchval(
+        row = await self._db.fetchrow(
             CLAIM_KEY, *scope_args, fingerprint, now, expires_at, advisory_lock_id(scope)
         )
-        if claimed is not None:
-            self._claimed_id = claimed
+        assert row is not None  # the statement always answers one row
+        if row["claimed_id"] is not None:
+            self._claimed_id = row["claimed_id"]
             return Claimed()
-        row = await self._db.fetchrow(SELECT_KEY, *scope_args)
-        return InFlight() if row is None else Existing(key_record(row))
+        if row["expires_at"] is None or row["expires_at"] <= now:
+            # Not visible when the statement began, or being taken over: another transaction
+            # holds the key, or committed it since; a fresh read tells which.
+            row = await self._db.fetchrow(SELECT_KEY, *scope_args)
+        return live_key(row, now)
 
     async def complete(
         self,
@@ -228,18 +233,19 @@ class PgUnitOfWork:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._conn: AsyncConnection | None = None
+        self._conn: PoolProxiedConnection | None = None
         self._transaction: Any = None
 
     async def __aenter__(self) -> Self:
         try:
-            conn = await self._engine.connect()
+            # The pool's connection itself: no SQLAlchemy Connection around it, whose
+            # creation, raw-connection lookup and close were a greenlet hop each.
+            conn = await self._engine.raw_connection()
         except Exception as exc:
             # Connecting only fails because the database cannot be reached or refuses us.
             raise StorageUnavailable(str(exc)) from exc
         try:
-            raw = await conn.get_raw_connection()
-            db: asyncpg.Connection = raw.driver_connection
+            db: asyncpg.Connection = conn.driver_connection
             transaction = db.transaction()
             await transaction.start()
         except BaseException as exc:
@@ -290,7 +296,8 @@ class PgUnitOfWork:
         self._transaction = None
 
     @staticmethod
-    async def _release(conn: AsyncConnection, *, broken: bool) -> None:
+    async def _release(conn: PoolProxiedConnection, *, broken: bool) -> None:
+        # Returning a connection may touch the driver (a reset, or closing a broken one).
         if broken:
-            await conn.invalidate()
-        await conn.close()
+            await greenlet_spawn(conn.invalidate)
+        await greenlet_spawn(conn.close)

@@ -19,7 +19,7 @@ twice. That relies on outbox rows and inbox records being kept.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orderly.adapters.db import direct
 from orderly.adapters.db.engine import READ_ONLY, dialect_insert, prepared
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.tables import (
@@ -64,6 +65,7 @@ from orderly.services.projections import (
     objects,
     parse_time,
     stock_entries_from_payload,
+    touches_fulfilment,
 )
 from orderly.services.read_model_ports import Progress
 
@@ -122,18 +124,33 @@ def _add_levels(conn: AsyncConnection) -> Any:
     return prepared(conn, "add levels", build)
 
 
+_ORDER_TABLES = {table.name: table for table in (rm_order_history, rm_fulfilment)}
 _ROW_OF = {
-    table.name: sa.select(table).where(table.c.order_id == sa.bindparam("_order"))
-    for table in (rm_order_history, rm_fulfilment)
+    name: sa.select(table).where(table.c.order_id == sa.bindparam("_order"))
+    for name, table in _ORDER_TABLES.items()
 }
 
 
 class SqlReadModels:
     """The read models as the projections consumer writes them, on the unit of work's
-    connection."""
+    connection.
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    The order rows are read once per transaction and written once, at commit
+    (:meth:`flush`): the several ``order.changed`` messages one transaction may apply for an
+    order (hand-offs) cost one read and one upsert per read model, not one each.
+    ``before_stream_read`` is awaited before the order stream is read back (the unit of work
+    writes buffered events first).
+    """
+
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        before_stream_read: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._conn = conn
+        self._before_stream_read = before_stream_read
+        self._rows: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._dirty: dict[tuple[str, str], dict[str, Any]] = {}
 
     async def apply_order_events(
         self,
@@ -154,24 +171,45 @@ class SqlReadModels:
             fresh, order_id=order_id, customer_id=customer_id, placed_at=placed_at, current=history
         )
         if row is not None:
-            await self._conn.execute(_guarded_upsert(self._conn, rm_order_history, row), row)
+            self._write(rm_order_history, order_id, row)
+        if not touches_fulfilment(fresh):
+            return
         fulfilment = await self._row(rm_fulfilment, order_id)
         moved = fold_fulfilment(fresh, order_id=order_id, current=fulfilment)
         if moved is not None and (fulfilment is None or moved["version"] > fulfilment["version"]):
-            await self._conn.execute(_guarded_upsert(self._conn, rm_fulfilment, moved), moved)
+            self._write(rm_fulfilment, order_id, moved)
 
     async def apply_stock_entries(self, entries: Sequence[Mapping[str, Any]], at: datetime) -> None:
         increments = fold_stock_levels(stock_entries_from_payload(entries, at))
         if increments:
             # In key order, so two consumers never wait on each other's rows.
             rows = [increments[key] for key in sorted(increments)]
-            await self._conn.execute(_add_levels(self._conn), rows)
+            await direct.execute(self._conn, _add_levels(self._conn), rows)
+
+    async def flush(self) -> None:
+        """Write the order rows this transaction moved (called by the unit of work before it
+        commits), in key order so two transactions never wait on each other's rows."""
+        dirty, self._dirty = self._dirty, {}
+        for (table_name, _), row in sorted(dirty.items(), key=lambda item: item[0]):
+            table = _ORDER_TABLES[table_name]
+            await direct.execute(self._conn, _guarded_upsert(self._conn, table, row), row)
+
+    def _write(self, table: sa.Table, order_id: str, row: dict[str, Any]) -> None:
+        key = (table.name, order_id)
+        self._rows[key] = self._dirty[key] = row
 
     async def _row(self, table: sa.Table, order_id: str) -> dict[str, Any] | None:
-        row = (await self._conn.execute(_ROW_OF[table.name], {"_order": order_id})).first()
-        return dict(row._mapping) if row is not None else None
+        key = (table.name, order_id)
+        if key in self._rows:
+            return self._rows[key]
+        statement = _ROW_OF[table.name]
+        found = (await direct.execute(self._conn, statement, {"_order": order_id})).first()
+        row = self._rows[key] = dict(found._mapping) if found is not None else None
+        return row
 
     async def _stream(self, order_id: str, after: int, upto: int) -> list[StreamEvent]:
+        if self._before_stream_read is not None:
+            await self._before_stream_read()
         rows = await self._conn.execute(
             sa.select(order_events)
             .where(

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orderly.adapters.db import direct
 from orderly.adapters.db.engine import dialect_insert, writer_gate
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.message_repositories import (
@@ -189,16 +190,16 @@ class SqlOrderRepository:
 class SqlOutbox:
     """Buffers the transaction's messages and writes them in one statement at commit.
 
-    A message handed off to a consumer in the same transaction is written already sent
-    (``sent_at`` set), so no transport delivers it again.
+    A message handed off to a consumer in the same transaction is not written: it was applied
+    in this transaction, and no transport is to deliver it.
     """
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
         self._pending: list[Message] = []
-        self._handed: dict[str, datetime] = {}
+        self._handed: set[str] = set()
         self.unsent_types: set[str] = set()
-        """Types of the unsent messages written (a wake-up is due after commit)."""
+        """Types of the messages written (a wake-up is due after commit)."""
 
     async def add(self, message: Message) -> None:
         self._pending.append(message)
@@ -206,23 +207,22 @@ class SqlOutbox:
     def added(self) -> list[Message]:
         return [m for m in self._pending if m.id not in self._handed]
 
-    def hand_off(self, message_id: str, at: datetime) -> None:
+    def hand_off(self, message_id: str) -> None:
         if not any(m.id == message_id for m in self._pending):
             raise KeyError(f"message {message_id} was not added in this transaction")
-        self._handed[message_id] = at
+        self._handed.add(message_id)
 
     async def flush(self) -> None:
         """Write the buffered messages (called by the unit of work before it commits)."""
-        if not self._pending:
-            return
-        rows = [self._row(m, self._handed.get(m.id)) for m in self._pending]
-        self.unsent_types.update(m.type for m in self._pending if m.id not in self._handed)
+        written = self.added()
         self._pending = []
-        self._handed = {}
-        await self._conn.execute(_INSERT_OUTBOX, rows)
+        self._handed = set()
+        if written:
+            self.unsent_types.update(m.type for m in written)
+            await direct.execute(self._conn, _INSERT_OUTBOX, [self._row(m) for m in written])
 
     @staticmethod
-    def _row(message: Message, sent_at: datetime | None) -> dict[str, Any]:
+    def _row(message: Message) -> dict[str, Any]:
         return {
             "message_id": message.id,
             "type": message.type,
@@ -234,7 +234,6 @@ class SqlOutbox:
             "created_at": message.created_at,
             "available_at": message.not_before or message.created_at,
             "attempts": 0,
-            "sent_at": sent_at,
         }
 
 
@@ -261,6 +260,14 @@ def key_record(row: Mapping[Any, Any]) -> KeyRecord:
         resource_id=row["resource_id"],
         resource_status=row["resource_status"],
     )
+
+
+def live_key(row: Mapping[Any, Any] | None, now: datetime) -> ClaimResult:
+    """What a claim that got no row reports: the live key, or in flight (none yet visible,
+    or an expired one that another transaction is taking over)."""
+    if row is None or row["expires_at"] <= now:
+        return InFlight()
+    return Existing(key_record(row))
 
 
 class SqlIdempotencyStore:
@@ -292,13 +299,20 @@ class SqlIdempotencyStore:
             "expires_at": expires_at,
             "lock_id": advisory_lock_id(scope),
         }
+        # A live key is only read: a retry of a finished request writes nothing.
+        found = await self._find(scope_params)
+        if found is not None and found["expires_at"] > now:
+            return Existing(key_record(found))
         dialect = self._conn.dialect.name
         claimed = (await self._conn.execute(_CLAIM[dialect], params)).scalar_one_or_none()
         if claimed is not None:
             self._claimed_id = claimed
             return Claimed()
+        return live_key(await self._find(scope_params), now)
+
+    async def _find(self, scope_params: dict[str, str]) -> Mapping[Any, Any] | None:
         row = (await self._conn.execute(_SELECT_KEY, scope_params)).one_or_none()
-        return InFlight() if row is None else Existing(key_record(row._mapping))
+        return None if row is None else row._mapping
 
     async def complete(
         self,
@@ -442,11 +456,11 @@ class SqlUnitOfWork:
         self.dead_letters = SqlDeadLetters(conn)
         self.sagas = SqlSagaStore(conn)
         self.order_stream = SqlOrderStream(conn)
-        self.reservations = SqlReservations(conn)
+        self.reservations = SqlReservations(conn, self.outbox)
         self.payments = SqlPaymentRecords(conn)
         self.shipments = SqlShipments(conn)
         self.fraud_reviews = SqlFraudReviews(conn)
-        self.read_models = SqlReadModels(conn)
+        self.read_models = SqlReadModels(conn, before_stream_read=self.order_stream.flush)
         return self
 
     async def _open(self) -> AsyncConnection:
@@ -502,7 +516,10 @@ class SqlUnitOfWork:
         if self._conn is None:
             raise RuntimeError("commit() outside the unit of work")
         try:
-            await self.inbox.flush()
+            # What the repositories buffered, in the order the rows depend on each other.
+            await self.order_stream.flush()
+            await self.sagas.flush()
+            await self.read_models.flush()
             await self.outbox.flush()
             await self._conn.commit()
         except Exception as exc:

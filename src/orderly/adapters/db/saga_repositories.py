@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from orderly.adapters.db import direct
 from orderly.adapters.db.engine import dialect_insert, prepared
 from orderly.adapters.db.tables import (
     fraud_reviews,
@@ -33,8 +34,10 @@ from orderly.adapters.db.tables import (
     stock_ledger,
     warehouses,
 )
+from orderly.domain.events import Message
 from orderly.domain.inventory import Available, LedgerKind, Pick, ReservationStatus
 from orderly.domain.saga import LogEntry, SagaState, SagaStatus, StepStatus
+from orderly.services.ports import Outbox
 from orderly.services.projections import STOCK_CHANGED
 from orderly.services.saga_ports import (
     JSON,
@@ -57,10 +60,25 @@ def _for_update(conn: AsyncConnection, statement: Any) -> Any:
 
 
 class SqlSagaStore:
+    """Sagas and their log, on the unit of work's connection.
+
+    A saga this transaction loaded (``FOR UPDATE`` on PostgreSQL; SQLite has one writer) or
+    inserted is kept for the rest of the transaction, and its saves and log entries are written
+    once, at commit (:meth:`flush`): a transaction that handles several replies of one saga
+    (hand-offs) reads it once and writes it once.
+    """
+
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self._held: dict[str, SagaState] = {}
+        self._stored_version: dict[str, int] = {}
+        """Saga id -> the version in the table, for sagas with a save not written yet."""
+        self._log: list[JSON] = []
 
     async def load(self, saga_id: str) -> SagaState | None:
+        held = self._held.get(saga_id)
+        if held is not None:
+            return held
         statement = prepared(
             self._conn,
             "saga.load",
@@ -68,10 +86,10 @@ class SqlSagaStore:
                 self._conn, sa.select(sagas).where(sagas.c.id == sa.bindparam("_id"))
             ),
         )
-        row = (await self._conn.execute(statement, {"_id": saga_id})).one_or_none()
+        row = (await direct.execute(self._conn, statement, {"_id": saga_id})).one_or_none()
         if row is None:
             return None
-        return SagaState(
+        state = self._held[saga_id] = SagaState(
             id=row.id,
             definition=row.definition,
             key=row.key,
@@ -88,6 +106,7 @@ class SqlSagaStore:
             created_at=row.created_at,
             updated_at=row.updated_at,
         )
+        return state
 
     @staticmethod
     def _row(state: SagaState) -> JSON:
@@ -120,9 +139,21 @@ class SqlSagaStore:
             "created_at": state.created_at,
             **self._row(state),
         }
-        return (await self._conn.execute(statement, row)).first() is not None
+        inserted = (await direct.execute(self._conn, statement, row)).first() is not None
+        if inserted:
+            self._held[state.id] = state
+        return inserted
 
     async def save(self, state: SagaState) -> bool:
+        held = self._held.get(state.id)
+        if held is not None and held.version == state.version - 1:
+            # Held by this transaction: nobody else can move it, so the write can wait.
+            self._stored_version.setdefault(state.id, held.version)
+            self._held[state.id] = state
+            return True
+        return await self._update(state, state.version - 1)
+
+    async def _update(self, state: SagaState, previous: int) -> bool:
         statement = prepared(
             self._conn,
             "saga.save",
@@ -130,25 +161,26 @@ class SqlSagaStore:
                 sagas.c.id == sa.bindparam("_id"), sagas.c.version == sa.bindparam("_previous")
             ),
         )
-        params = {"_id": state.id, "_previous": state.version - 1, **self._row(state)}
-        result = await self._conn.execute(statement, params)
-        return result.rowcount == 1
+        params = {"_id": state.id, "_previous": previous, **self._row(state)}
+        result = await direct.execute(self._conn, statement, params)
+        return bool(result.rowcount == 1)
 
     async def log(self, saga_id: str, entries: Sequence[LogEntry], at: datetime) -> None:
+        self._log.extend(
+            {"saga_id": saga_id, "kind": e.kind, "step": e.step, "detail": dict(e.detail), "at": at}
+            for e in entries
+        )
+
+    async def flush(self) -> None:
+        """Write the held sagas' saves and the log (called by the unit of work before it
+        commits)."""
+        stored, self._stored_version = self._stored_version, {}
+        for saga_id, previous in sorted(stored.items()):
+            if not await self._update(self._held[saga_id], previous):
+                raise RuntimeError(f"saga {saga_id} moved under a transaction that held it")
+        entries, self._log = self._log, []
         if entries:
-            await self._conn.execute(
-                saga_log.insert(),
-                [
-                    {
-                        "saga_id": saga_id,
-                        "kind": e.kind,
-                        "step": e.step,
-                        "detail": dict(e.detail),
-                        "at": at,
-                    }
-                    for e in entries
-                ],
-            )
+            await direct.execute(self._conn, _INSERT_SAGA_LOG, entries)
 
     async def due(self, now: datetime, limit: int) -> list[str]:
         rows = await self._conn.execute(
@@ -212,15 +244,25 @@ class SqlOrderStream:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
         self._facts: dict[str, OrderFacts] = {}
+        self._events: list[JSON] = []
+
+    async def flush(self) -> None:
+        """Write the appended events (called before the transaction commits, and before
+        anything reads the stream back)."""
+        events, self._events = self._events, []
+        if events:
+            await direct.execute(self._conn, _INSERT_EVENTS, events)
 
     async def facts(self, order_id: str) -> OrderFacts | None:
         known = self._facts.get(order_id)
         if known is not None:
             return known
-        row = (await self._conn.execute(_SELECT_ORDER, {"order_id": order_id})).one_or_none()
+        row = (
+            await direct.execute(self._conn, _SELECT_ORDER, {"order_id": order_id})
+        ).one_or_none()
         if row is None:
             return None
-        lines = await self._conn.execute(_SELECT_LINES, {"order_id": order_id})
+        lines = await direct.execute(self._conn, _SELECT_LINES, {"order_id": order_id})
         facts = self._facts[order_id] = OrderFacts(
             id=row.id,
             customer_id=row.customer_id,
@@ -254,7 +296,7 @@ class SqlOrderStream:
         if moving:
             params["_status"] = str(moving[-1].status)
             params["_reason"] = moving[-1].failure_reason
-        row = (await self._conn.execute(statement, params)).one_or_none()
+        row = (await direct.execute(self._conn, statement, params)).one_or_none()
         if row is None:
             raise LookupError(f"order {order_id} does not exist")
         known = self._facts.get(order_id)
@@ -279,7 +321,7 @@ class SqlOrderStream:
                     "causation_id": causation_id,
                 }
             )
-        await self._conn.execute(order_events.insert(), appended)
+        self._events.extend(appended)
         return [
             {
                 "version": e["version"],
@@ -291,7 +333,9 @@ class SqlOrderStream:
         ]
 
     async def recent_orders(self, customer_id: str, since: datetime) -> int:
-        count = await self._conn.scalar(_RECENT_ORDERS, {"_customer": customer_id, "_since": since})
+        count = await direct.scalar(
+            self._conn, _RECENT_ORDERS, {"_customer": customer_id, "_since": since}
+        )
         return int(count or 0)
 
 
@@ -312,13 +356,27 @@ def stock_changed_payload(changes: Sequence[JSON], now: datetime) -> JSON:
 
 
 async def record_stock_changes(
-    conn: AsyncConnection, changes: Sequence[JSON], now: datetime
+    conn: AsyncConnection, changes: Sequence[JSON], now: datetime, outbox: Outbox | None = None
 ) -> None:
-    """Ledger entries for ``changes`` and one message for the inventory read model."""
+    """Ledger entries for ``changes`` and one message for the inventory read model, added to
+    ``outbox`` (the unit of work's, so a consumer in the same worker may take it at once) or
+    else written straight to the table."""
     if not changes:
         return
-    await conn.execute(stock_ledger.insert(), [{**c, "at": now} for c in changes])
+    await direct.execute(conn, _INSERT_LEDGER, [{**c, "at": now} for c in changes])
     key = changes[0]["order_id"] or changes[0]["sku"]
+    if outbox is not None:
+        await outbox.add(
+            Message(
+                id=str(uuid.uuid4()),
+                type=STOCK_CHANGED,
+                key=key,
+                payload=stock_changed_payload(changes, now),
+                created_at=now,
+                correlation_id=key,
+            )
+        )
+        return
     await conn.execute(
         outbox_messages.insert(),
         {
@@ -348,6 +406,26 @@ def _change(
         "order_id": order_id,
     }
 
+
+_INSERT_SAGA_LOG = saga_log.insert()
+_INSERT_EVENTS = order_events.insert()
+_INSERT_LEDGER = stock_ledger.insert()
+_INSERT_RESERVATION_LINES = reservation_lines.insert()
+_INSERT_PAYMENT_OPERATION = payment_operations.insert()
+_INSERT_SHIPMENTS = shipments.insert()
+_SETTLE_LINE = reservation_lines.update().where(
+    reservation_lines.c.order_id == sa.bindparam("_order"),
+    reservation_lines.c.sku == sa.bindparam("_sku"),
+    reservation_lines.c.warehouse_id == sa.bindparam("_warehouse"),
+)
+_SHIP_STOCK = (
+    stock.update()
+    .where(stock.c.sku == sa.bindparam("_sku"), stock.c.warehouse_id == sa.bindparam("_warehouse"))
+    .values(
+        on_hand=stock.c.on_hand - sa.bindparam("_n"), reserved=stock.c.reserved - sa.bindparam("_n")
+    )
+)
+_SET_RESERVATION = reservations.update().where(reservations.c.order_id == sa.bindparam("_order"))
 
 _RESERVE = (
     stock.update()
@@ -379,8 +457,9 @@ _LINES_IN = _LINES.where(reservation_lines.c.status == sa.bindparam("_status"))
 
 
 class SqlReservations:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, outbox: Outbox | None = None) -> None:
         self._conn = conn
+        self._outbox = outbox
 
     async def available(self, skus: Collection[str]) -> list[Available]:
         rows = await self._conn.execute(_AVAILABLE, {"_skus": list(skus)})
@@ -403,7 +482,7 @@ class SqlReservations:
             "created_at": now,
             "updated_at": now,
         }
-        inserted = (await self._conn.execute(statement, row)).first()
+        inserted = (await direct.execute(self._conn, statement, row)).first()
         if inserted is not None:
             return None
         status = await self._conn.scalar(
@@ -414,8 +493,10 @@ class SqlReservations:
     async def reserve(self, order_id: str, picks: Sequence[Pick], now: datetime) -> bool:
         done: list[Pick] = []
         for pick in picks:
-            result = await self._conn.execute(
-                _RESERVE, {"_sku": pick.sku, "_warehouse": pick.warehouse_id, "_n": pick.quantity}
+            result = await direct.execute(
+                self._conn,
+                _RESERVE,
+                {"_sku": pick.sku, "_warehouse": pick.warehouse_id, "_n": pick.quantity},
             )
             if result.rowcount != 1:
                 for undo in reversed(done):
@@ -426,8 +507,9 @@ class SqlReservations:
                     )
                 return False
             done.append(pick)
-        await self._conn.execute(
-            reservation_lines.insert(),
+        await direct.execute(
+            self._conn,
+            _INSERT_RESERVATION_LINES,
             [
                 {
                     "order_id": order_id,
@@ -446,37 +528,49 @@ class SqlReservations:
                 for p in picks
             ],
             now,
+            self._outbox,
         )
         return True
 
     async def lines(self, order_id: str, status: str | None = None) -> list[ReservedLine]:
         if status is None:
-            rows = await self._conn.execute(_LINES, {"_order": order_id})
+            rows = await direct.execute(self._conn, _LINES, {"_order": order_id})
         else:
-            rows = await self._conn.execute(_LINES_IN, {"_order": order_id, "_status": status})
+            rows = await direct.execute(
+                self._conn, _LINES_IN, {"_order": order_id, "_status": status}
+            )
         return [ReservedLine(r.sku, r.warehouse_id, r.quantity) for r in rows]
 
     async def _settle(
         self, order_id: str, lines: Sequence[ReservedLine], status: ReservationStatus
     ) -> None:
-        for line in lines:
-            await self._conn.execute(
-                reservation_lines.update()
-                .where(
-                    reservation_lines.c.order_id == order_id,
-                    reservation_lines.c.sku == line.sku,
-                    reservation_lines.c.warehouse_id == line.warehouse_id,
-                )
-                .values(status=status.value)
+        if lines:
+            await direct.execute(
+                self._conn,
+                _SETTLE_LINE,
+                [
+                    {
+                        "_order": order_id,
+                        "_sku": line.sku,
+                        "_warehouse": line.warehouse_id,
+                        "status": status.value,
+                    }
+                    for line in lines
+                ],
             )
 
     async def _lock_header(self, order_id: str) -> str | None:
-        status = await self._conn.scalar(
-            _for_update(
+        statement = prepared(
+            self._conn,
+            "reservation.lock",
+            lambda: _for_update(
                 self._conn,
-                sa.select(reservations.c.status).where(reservations.c.order_id == order_id),
-            )
+                sa.select(reservations.c.status).where(
+                    reservations.c.order_id == sa.bindparam("_order")
+                ),
+            ),
         )
+        status = await direct.scalar(self._conn, statement, {"_order": order_id})
         return None if status is None else str(status)
 
     async def release(
@@ -520,6 +614,7 @@ class SqlReservations:
                 for x in held
             ],
             now,
+            self._outbox,
         )
         return held
 
@@ -531,20 +626,17 @@ class SqlReservations:
             if x.warehouse_id == warehouse_id
         ]
         for line in held:
-            await self._conn.execute(
-                stock.update()
-                .where(stock.c.sku == line.sku, stock.c.warehouse_id == line.warehouse_id)
-                .values(
-                    on_hand=stock.c.on_hand - line.quantity,
-                    reserved=stock.c.reserved - line.quantity,
-                )
+            await direct.execute(
+                self._conn,
+                _SHIP_STOCK,
+                {"_sku": line.sku, "_warehouse": line.warehouse_id, "_n": line.quantity},
             )
         await self._settle(order_id, held, ReservationStatus.SHIPPED)
         if held and not await self.lines(order_id, ReservationStatus.ACTIVE):
-            await self._conn.execute(
-                reservations.update()
-                .where(reservations.c.order_id == order_id)
-                .values(status=ReservationStatus.SHIPPED.value, updated_at=now)
+            await direct.execute(
+                self._conn,
+                _SET_RESERVATION,
+                {"_order": order_id, "status": ReservationStatus.SHIPPED.value, "updated_at": now},
             )
         await record_stock_changes(
             self._conn,
@@ -553,6 +645,7 @@ class SqlReservations:
                 for x in held
             ],
             now,
+            self._outbox,
         )
         return held
 
@@ -570,6 +663,7 @@ class SqlReservations:
                 for x in lines
             ],
             now,
+            self._outbox,
         )
 
     async def expiring(self, now: datetime, limit: int) -> list[str]:
@@ -603,7 +697,7 @@ class SqlPaymentRecords:
         self._conn = conn
 
     async def get(self, order_id: str) -> PaymentRecord | None:
-        row = (await self._conn.execute(_PAYMENT, {"_order": order_id})).one_or_none()
+        row = (await direct.execute(self._conn, _PAYMENT, {"_order": order_id})).one_or_none()
         if row is None:
             return None
         return PaymentRecord(
@@ -633,7 +727,7 @@ class SqlPaymentRecords:
             "updated_at": now,
         }
         statement = prepared(self._conn, "payment.put", lambda: _put_payment(self._conn))
-        await self._conn.execute(statement, {"order_id": record.order_id, **values})
+        await direct.execute(self._conn, statement, {"order_id": record.order_id, **values})
 
     async def tombstone(self, order_id: str, currency: str, now: datetime) -> bool:
         inserted = (
@@ -657,8 +751,9 @@ class SqlPaymentRecords:
         return inserted is not None
 
     async def record(self, operation: PaymentOperation, now: datetime) -> None:
-        await self._conn.execute(
-            payment_operations.insert(),
+        await direct.execute(
+            self._conn,
+            _INSERT_PAYMENT_OPERATION,
             {
                 "order_id": operation.order_id,
                 "kind": operation.kind,
@@ -702,8 +797,9 @@ class SqlShipments:
         self._conn = conn
 
     async def create(self, items: Sequence[Shipment]) -> None:
-        await self._conn.execute(
-            shipments.insert(),
+        await direct.execute(
+            self._conn,
+            _INSERT_SHIPMENTS,
             [
                 {
                     "id": s.id,
@@ -723,15 +819,16 @@ class SqlShipments:
         )
 
     async def for_order(self, order_id: str) -> list[Shipment]:
-        rows = await self._conn.execute(_SHIPMENTS_OF, {"_order": order_id})
+        rows = await direct.execute(self._conn, _SHIPMENTS_OF, {"_order": order_id})
         return [_shipment(r) for r in rows]
 
     async def get(self, shipment_id: str) -> Shipment | None:
-        row = (await self._conn.execute(_SHIPMENT, {"_id": shipment_id})).one_or_none()
+        row = (await direct.execute(self._conn, _SHIPMENT, {"_id": shipment_id})).one_or_none()
         return None if row is None else _shipment(row)
 
     async def move(self, shipment_id: str, from_status: str, to_status: str, now: datetime) -> bool:
-        result = await self._conn.execute(
+        result = await direct.execute(
+            self._conn,
             _MOVE_SHIPMENT,
             {"_id": shipment_id, "_from": from_status, "status": to_status, "updated_at": now},
         )

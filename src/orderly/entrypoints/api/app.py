@@ -10,9 +10,13 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.constants import REF_TEMPLATE
+from fastapi.openapi.models import Schema as OpenApiSchema
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orderly import __version__
@@ -28,6 +32,7 @@ from orderly.entrypoints.api.problems import (
     problem_response,
 )
 from orderly.entrypoints.api.routes import admin_orders, auth, catalogue, dlq, health, orders, ui
+from orderly.entrypoints.api.schemas import PlaceOrderIn
 from orderly.services import idempotency
 from orderly.services.ports import StorageUnavailable
 
@@ -156,6 +161,21 @@ def _add_domain_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StorageUnavailable, storage_unavailable)
 
 
+# Models of bodies that routes parse themselves (bodies.py): FastAPI does not see them.
+BODIES_READ_BY_ROUTES: tuple[type[BaseModel], ...] = (PlaceOrderIn,)
+
+
+def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:
+    """``model``'s schema, and those of the models it uses, as FastAPI writes them (through
+    its OpenAPI model: no null defaults, numbers as the model types them)."""
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE, mode="validation")
+    found = {**schema.pop("$defs", {}), model.__name__: schema}
+    for name, definition in found.items():
+        schemas[name] = jsonable_encoder(
+            OpenApiSchema.model_validate(definition), by_alias=True, exclude_none=True
+        )
+
+
 def _document_problems(app: FastAPI) -> None:
     """Add the Problem schema; replace FastAPI's default 422 with ours."""
 
@@ -170,6 +190,8 @@ def _document_problems(app: FastAPI) -> None:
         )
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         schemas["Problem"] = Problem.model_json_schema()
+        for model in BODIES_READ_BY_ROUTES:
+            _add_schema(schemas, model)
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         for path in schema["paths"].values():

@@ -73,6 +73,11 @@ def problem_response(
     )
 
 
+def malformed_json() -> ProblemError:
+    """400 for a request body that is not JSON (as FastAPI's own JSON errors are mapped)."""
+    return ProblemError(400, "malformed-json", "the request body is not valid JSON")
+
+
 _DESCRIPTIONS = {
     400: "Malformed request: bad JSON, or a missing or malformed Idempotency-Key",
     401: "Missing, expired or invalid bearer token",
@@ -150,9 +155,7 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
-        return problem_response(
-            400, "malformed-json", "the request body is not valid JSON", instance=request.url.path
-        )
+        return await on_problem(request, malformed_json())
     details = [
         {"loc": _plain(list(e.get("loc", ()))), "msg": str(e.get("msg")), "type": e.get("type")}
         for e in errors

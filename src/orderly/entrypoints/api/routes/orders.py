@@ -9,8 +9,10 @@ import orjson
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
 
+from orderly.bootstrap import Container
 from orderly.domain.orders import LineRequest, OrderStatus, PlacedOrder, ShippingAddress
-from orderly.entrypoints.api.deps import ContainerDep, PrincipalDep
+from orderly.entrypoints.api import bodies
+from orderly.entrypoints.api.deps import BEARER, ContainerDep, PrincipalDep, authenticate
 from orderly.entrypoints.api.problems import ProblemError, problem_responses
 from orderly.entrypoints.api.schemas import (
     NO_NUL,
@@ -22,7 +24,7 @@ from orderly.entrypoints.api.schemas import (
     PlaceOrderIn,
 )
 from orderly.services import idempotency
-from orderly.services.idempotency import ActionResult
+from orderly.services.idempotency import ActionResult, Outcome
 from orderly.services.idempotency_types import IdempotencyScope, StoredResponse
 from orderly.services.order_saga import OrderConflict, OrderNotFound, cancel_order
 from orderly.services.orders import PlaceOrder, handle_place_order
@@ -101,6 +103,14 @@ def _command(body: PlaceOrderIn, customer_id: str) -> PlaceOrder:
     )
 
 
+# The body is read by the route itself (parsed once, see bodies.py), so the document is
+# told what it looks like; app.py adds the model to the document's schemas.
+PLACE_ORDER_BODY: JSON = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PlaceOrderIn"}}},
+}
+
+
 @router.post(
     "",
     status_code=202,
@@ -117,21 +127,25 @@ def _command(body: PlaceOrderIn, customer_id: str) -> PlaceOrder:
         },
         **problem_responses(400, 401, 403, 409, 413, 422, 503),
     },
-    openapi_extra={"parameters": [IDEMPOTENCY_KEY_PARAMETER]},
+    openapi_extra={
+        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
+        "requestBody": PLACE_ORDER_BODY,
+        "security": [{BEARER.scheme_name: []}],
+    },
 )
-async def place_order(
-    request: Request,
-    body: PlaceOrderIn,
-    container: ContainerDep,
-    principal: PrincipalDep,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> Response:
-    key = idempotency.parse_key(idempotency_key)
+async def place_order(request: Request) -> Response:
+    # The order of the checks is the one of a FastAPI body parameter and dependencies:
+    # malformed JSON, then the token, then validation, then the key.
+    raw_body = await bodies.read_body(request)
+    principal = authenticate(request)
+    body = bodies.validate(PlaceOrderIn, raw_body)
+    key = idempotency.parse_key(request.headers.get("idempotency-key"))
     if body.user_id is not None and body.user_id != principal.user_id:
         raise ProblemError(403, "forbidden", "userId must be the id of the calling user")
+    container: Container = request.app.state.container
     command = _command(body, principal.user_id)
     scope = IdempotencyScope(principal.user_id, "POST", ORDERS_ROUTE, key)
-    body_fingerprint = idempotency.fingerprint(orjson.loads(await request.body()))
+    body_fingerprint = bodies.fingerprint(raw_body)
 
     async def action(uow: UnitOfWork) -> ActionResult:
         placed = await handle_place_order(uow, command, clock=container.clock, ids=container.ids)
@@ -153,6 +167,10 @@ async def place_order(
         clock=container.clock,
         ttl=container.idempotency_ttl,
     )
+    return _answer(outcome)
+
+
+def _answer(outcome: Outcome) -> Response:
     stored = outcome.response
     headers = dict(stored.headers)
     if outcome.replayed:
@@ -175,7 +193,7 @@ async def run_idempotent(
     key = idempotency.parse_key(idempotency_key)
     raw = await request.body()
     scope = IdempotencyScope(principal.user_id, "POST", route, key)
-    body_fingerprint = idempotency.fingerprint(orjson.loads(raw) if raw else None)
+    body_fingerprint = bodies.fingerprint(bodies.parse_json(raw) if raw else None)
 
     async def act(uow: UnitOfWork) -> ActionResult:
         status, body = await action(cast(MessageUnitOfWork, uow))
@@ -194,11 +212,7 @@ async def run_idempotent(
         clock=container.clock,
         ttl=container.idempotency_ttl,
     )
-    stored = outcome.response
-    headers = dict(stored.headers)
-    if outcome.replayed:
-        headers["idempotent-replayed"] = "true"
-    return Response(stored.body, status_code=stored.status_code, headers=headers)
+    return _answer(outcome)
 
 
 @router.post(

@@ -1,0 +1,158 @@
+"""What the message unit of work keeps for its transaction and writes at commit, on SQLite and
+the real PostgreSQL: sagas it holds, their log, order events and the order read models.
+
+Several handlers may run in one transaction (hand-offs), so a saga is read once and written
+once, an order's read-model rows are read once and upserted once. What must hold: a commit
+writes exactly the last state, a rollback writes nothing, a reader inside the transaction sees
+its own writes, and a save of a saga this transaction does not hold is still checked against
+the stored version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from orderly.adapters.db.tables import order_events, rm_order_history, saga_log, sagas
+from orderly.domain.saga import LogEntry, SagaState, SagaStatus, StepStatus
+from orderly.services.saga_ports import NewOrderEvent
+from tests.conftest import Backend, bearer
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def a_saga(saga_id: str) -> SagaState:
+    return SagaState(
+        id=saga_id,
+        definition="toy",
+        key=saga_id,
+        status=SagaStatus.RUNNING,
+        step=0,
+        step_status=StepStatus.REQUESTED,
+        done=(),
+        data={"n": 0},
+        deadline=None,
+        reason=None,
+        detail={},
+        version=1,
+        resends=0,
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def moved(state: SagaState, n: int) -> SagaState:
+    return replace(
+        state, version=state.version + 1, data={"n": n}, updated_at=T0 + timedelta(seconds=n)
+    )
+
+
+async def stored(backend: Backend, query: Any) -> list[Any]:
+    async with backend.container.engine.connect() as conn:
+        return list((await conn.execute(query)).all())
+
+
+async def test_a_held_saga_is_written_once_with_its_last_state_at_commit(backend: Backend) -> None:
+    first = a_saga("s-1")
+    async with backend.container.message_uow() as uow:
+        assert await uow.sagas.insert(first)
+        second = moved(first, 1)
+        assert await uow.sagas.save(second)
+        assert await uow.sagas.load("s-1") == second
+        third = moved(second, 2)
+        assert await uow.sagas.save(third)
+        await uow.sagas.log("s-1", [LogEntry("a", None), LogEntry("b", "step")], T0)
+        await uow.sagas.log("s-1", [LogEntry("c", None, {"x": 1})], T0)
+        await uow.commit()
+
+    [row] = await stored(backend, sa.select(sagas.c.version, sagas.c.data))
+    assert (row.version, row.data) == (3, {"n": 2})
+    logged = await stored(
+        backend, sa.select(saga_log.c.kind, saga_log.c.step, saga_log.c.detail).order_by("id")
+    )
+    assert [tuple(r) for r in logged] == [("a", None, {}), ("b", "step", {}), ("c", None, {"x": 1})]
+
+
+async def test_a_rolled_back_transaction_writes_none_of_what_it_held(backend: Backend) -> None:
+    async with backend.container.message_uow() as uow:
+        assert await uow.sagas.insert(a_saga("s-1"))
+        await uow.commit()
+    async with backend.container.message_uow() as uow:
+        loaded = await uow.sagas.load("s-1")
+        assert loaded is not None
+        assert await uow.sagas.save(moved(loaded, 1))
+        await uow.sagas.log("s-1", [LogEntry("a", None)], T0)
+        # no commit
+
+    [row] = await stored(backend, sa.select(sagas.c.version))
+    assert row.version == 1
+    assert await stored(backend, sa.select(saga_log.c.id)) == []
+
+
+async def test_a_save_of_a_saga_not_held_is_checked_against_the_stored_version(
+    backend: Backend,
+) -> None:
+    state = a_saga("s-1")
+    async with backend.container.message_uow() as uow:
+        assert await uow.sagas.insert(state)
+        await uow.commit()
+    async with backend.container.message_uow() as uow:
+        assert await uow.sagas.save(moved(state, 1))
+        await uow.commit()
+    async with backend.container.message_uow() as uow:
+        assert not await uow.sagas.save(moved(state, 2)), "a stale save went through"
+        await uow.commit()
+
+    [row] = await stored(backend, sa.select(sagas.c.version, sagas.c.data))
+    assert (row.version, row.data) == (2, {"n": 1})
+
+
+async def test_order_events_appended_in_a_transaction_are_read_back_by_its_projection(
+    backend: Backend, client: Any
+) -> None:
+    """The read model fills a gap from the stored stream; events this transaction appended
+    are still in its buffer and must be written before that read."""
+    placed = await client.post(
+        "/api/orders",
+        json={"items": [{"sku": "PROD-001", "quantity": 1}], "paymentMethod": "pm_card_visa"},
+        headers={**bearer(backend, "alice"), "Idempotency-Key": "k-1"},
+    )
+    assert placed.status_code == 202, placed.text
+    order_id = placed.json()["orderId"]
+
+    async with backend.container.message_uow() as uow:
+        facts = await uow.order_stream.facts(order_id)
+        assert facts is not None
+        first = await uow.order_stream.append(
+            order_id, [NewOrderEvent("order.reserved", {}, status="RESERVED")], T0, order_id, None
+        )
+        second = await uow.order_stream.append(
+            order_id, [NewOrderEvent("order.noted", {"n": 1})], T0, order_id, None
+        )
+        # Only the second batch is offered: versions 1 (intake) and 2 must come from the stream.
+        await uow.read_models.apply_order_events(order_id, "alice", facts.created_at, second)
+        # A copy of the first batch changes nothing: the row is already past it.
+        await uow.read_models.apply_order_events(order_id, "alice", facts.created_at, first)
+        await uow.commit()
+
+    versions = await stored(
+        backend,
+        sa.select(order_events.c.version, order_events.c.type)
+        .where(order_events.c.order_id == order_id)
+        .order_by(order_events.c.version),
+    )
+    assert [tuple(v) for v in versions] == [
+        (1, "order.placed"),
+        (2, "order.reserved"),
+        (3, "order.noted"),
+    ]
+    [history] = await stored(
+        backend,
+        sa.select(rm_order_history.c.version, rm_order_history.c.status).where(
+            rm_order_history.c.order_id == order_id
+        ),
+    )
+    assert (history.version, history.status) == (3, "RESERVED")
