@@ -4,11 +4,14 @@ unit of work's transaction."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
 from orderly.adapters.db import direct
+from orderly.adapters.db.engine import create_engine, dispose_engine
 from orderly.adapters.db.tables import saga_log, stock
 from tests.conftest import Backend
 
@@ -99,3 +102,32 @@ async def rows_of(backend: Backend, sku: str) -> int:
             sa.select(sa.func.count()).select_from(stock).where(stock.c.sku == sku)
         )
         return int(count or 0)
+
+
+async def test_a_cancelled_statement_leaves_no_transaction_open(backend: Backend) -> None:
+    """A handler's timeout may cancel a statement on the driver at any point, even inside the
+    BEGIN. The connection must not go back to the pool with the server's transaction still
+    open: its next transaction would be a savepoint inside the old one, whose commit keeps
+    every change (and lock) uncommitted."""
+    engine = create_engine(backend.container.engine.url.render_as_string(False), pool_size=1)
+    before, rows = await on_hand(backend, "PROD-003"), await rows_of(backend, "PROD-003")
+    untouched = await on_hand(backend, "PROD-001")
+    try:
+        for turns in range(8):  # cancelled after 0, 1, ... turns of the event loop
+            async with engine.connect() as conn:
+                await conn.begin()
+                task = asyncio.create_task(
+                    direct.execute(conn, _ADD, {"_sku": "PROD-001", "_n": 1})
+                )
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            # The pool's only connection (or its replacement) commits for real.
+            async with engine.begin() as conn:
+                await direct.execute(conn, _ADD, {"_sku": "PROD-003", "_n": 1})
+            assert await on_hand(backend, "PROD-003") == before + (turns + 1) * rows, turns
+    finally:
+        await dispose_engine(engine)
+    assert await on_hand(backend, "PROD-001") == untouched

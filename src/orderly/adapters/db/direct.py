@@ -17,7 +17,7 @@ may be passed: the compiled form is cached on the statement object.
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -152,21 +152,47 @@ async def execute(
         compiled = _compiled(conn, statement, tuple(params[0]))
         if compiled is None:
             return await conn.execute(statement, params)
-        driver = await _driver(sync)
-        await driver.executemany(compiled.sql, [compiled.arguments(p) for p in params])
-        return Rows([], len(params))
+        many = [compiled.arguments(p) for p in params]
+        return await _guarded(sync, _execute_many(sync, compiled, many))
     one: Mapping[str, Any] = params or {}  # type: ignore[assignment]
     compiled = _compiled(conn, statement, tuple(one))
     if compiled is None:
         return await conn.execute(statement, params)
+    return await _guarded(sync, _execute_one(sync, compiled, compiled.arguments(one)))
+
+
+async def _execute_many(sync: Connection, compiled: _Compiled, many: list[list[Any]]) -> Rows:
     driver = await _driver(sync)
-    arguments = compiled.arguments(one)
+    await driver.executemany(compiled.sql, many)
+    return Rows([], len(many))
+
+
+async def _execute_one(sync: Connection, compiled: _Compiled, arguments: list[Any]) -> Rows:
+    driver = await _driver(sync)
     if compiled.returns_rows:
         records = await driver.fetch(compiled.sql, *arguments)
         return Rows(compiled.rows(records), len(records))
     status: str = await driver.execute(compiled.sql, *arguments)
     count = status.rsplit(" ", 1)[-1]
     return Rows([], int(count) if count.isdigit() else -1)
+
+
+async def _guarded(sync: Connection, work: Awaitable[Rows]) -> Rows:
+    """Run ``work``; if it is interrupted (a handler's timeout, a shutdown), drop the connection.
+
+    A cancellation can land anywhere in the driver's exchange, even inside the BEGIN, after
+    which asyncpg still counts a transaction open that SQLAlchemy's adapter does not know of:
+    back in the pool, that connection's next transaction would become a savepoint inside the
+    old one, and its commit would release the savepoint and keep the locks. SQLAlchemy
+    invalidates a connection whose own statement is interrupted; this does the same. The
+    server rolls the transaction back when the connection closes.
+    """
+    try:
+        return await work
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and not sync.invalidated:
+            sync.invalidate(exc)
+        raise
 
 
 async def scalar(

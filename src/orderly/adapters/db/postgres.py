@@ -249,9 +249,8 @@ class PgUnitOfWork:
             transaction = db.transaction()
             await transaction.start()
         except BaseException as exc:
-            broken = is_connection_problem(exc, socket_errors=True)
-            await self._release(conn, broken=broken)
-            if broken:
+            await self._release(conn, broken=True)
+            if is_connection_problem(exc, socket_errors=True):
                 raise StorageUnavailable(str(exc)) from exc
             raise
         self._conn, self._transaction = conn, transaction
@@ -272,16 +271,23 @@ class PgUnitOfWork:
         self._conn = self._transaction = None
         if conn is None:
             return
-        broken = exc is not None and is_connection_problem(exc, socket_errors=True)
+        lost = exc is not None and is_connection_problem(exc, socket_errors=True)
+        # Interrupted (cancelled) mid-exchange, the driver's transaction state is unknown: a
+        # connection whose BEGIN was cut short still counts a transaction open, and would
+        # turn the next one into a savepoint that commits nothing. Such a connection, and
+        # one that cannot even roll back, must never serve another request.
+        broken = lost or (exc is not None and not isinstance(exc, Exception))
         try:
             if transaction is not None and not broken:
                 await transaction.rollback()
         except Exception:
-            # A connection that cannot even roll back must never serve another request.
             broken = True
+        except BaseException:
+            broken = True
+            raise
         finally:
             await self._release(conn, broken=broken)
-        if broken and exc is not None:
+        if lost and exc is not None:
             raise StorageUnavailable(str(exc)) from exc
 
     async def commit(self) -> None:

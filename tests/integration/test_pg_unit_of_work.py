@@ -1,0 +1,92 @@
+"""The request path's unit of work on the real PostgreSQL (``adapters/db/postgres.py``): it runs
+on the pool's asyncpg connection, outside SQLAlchemy, so it must leave that connection clean
+however the request ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from orderly.adapters.db.engine import create_engine, dispose_engine
+from orderly.adapters.db.postgres import PgUnitOfWork
+from orderly.adapters.db.tables import outbox_messages
+from orderly.domain.events import Message
+from tests.conftest import Backend
+
+pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+
+
+def message() -> Message:
+    return Message(
+        id=str(uuid.uuid4()),
+        type="test.message",
+        key="k",
+        payload={},
+        created_at=datetime.now(UTC),
+        correlation_id="k",
+    )
+
+
+async def stored(backend: Backend, ids: list[str]) -> set[str]:
+    async with backend.container.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(outbox_messages.c.message_id).where(outbox_messages.c.message_id.in_(ids))
+        )
+        return {r.message_id for r in rows}
+
+
+async def test_a_cancelled_request_leaves_no_transaction_open(backend: Backend) -> None:
+    """Cancelled at any point (even inside its BEGIN), the unit of work must not hand the
+    connection back with a transaction open: the next request's transaction would then be a
+    savepoint inside it, and its commit would keep nothing."""
+    engine = create_engine(backend.container.engine.url.render_as_string(False), pool_size=1)
+    cancelled: list[str] = []
+    committed: list[str] = []
+    try:
+        for turns in range(10):  # cancelled after 0, 1, ... turns of the event loop
+            first = message()
+
+            async def place(m: Message = first) -> None:
+                async with PgUnitOfWork(engine) as uow:
+                    await uow.outbox.add(m)
+                    await asyncio.sleep(1)  # the request is still working when cancelled
+                    await uow.commit()
+
+            task = asyncio.create_task(place())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            cancelled.append(first.id)
+            second = message()
+            async with PgUnitOfWork(engine) as uow:  # the pool's only connection, or a new one
+                await uow.outbox.add(second)
+                await uow.commit()
+            committed.append(second.id)
+            assert await stored(backend, committed) == set(committed), turns
+            async with engine.begin() as conn:  # and SQLAlchemy's transactions on it too
+                third = message()
+                await conn.execute(
+                    outbox_messages.insert().values(
+                        message_id=third.id,
+                        type=third.type,
+                        key=third.key,
+                        payload={},
+                        headers={},
+                        correlation_id=third.key,
+                        created_at=third.created_at,
+                        available_at=third.created_at,
+                        attempts=0,
+                    )
+                )
+            committed.append(third.id)
+            assert await stored(backend, committed) == set(committed), turns
+    finally:
+        await dispose_engine(engine)
+    assert await stored(backend, cancelled) == set()
