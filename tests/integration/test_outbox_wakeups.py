@@ -1,12 +1,13 @@
 """Wake-ups of the local transport: only the consumers of a new message's type, and nobody for
-a message handed off (it is not written). On SQLite through the in-process signal, on
-PostgreSQL through the trigger's NOTIFY (its payload is the type) as well."""
+a message handed off (it is not written) or written claimed by its writer. On SQLite through
+the in-process signal, on PostgreSQL through the trigger's NOTIFY (its payload is the type) as
+well."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -102,5 +103,39 @@ async def test_a_handed_off_message_is_not_written_and_wakes_nobody(backend: Bac
             ids = outbox_messages.c.message_id
             written = await conn.scalars(sa.select(ids).where(ids.in_([handed.id, kept.id])))
             assert list(written) == [kept.id]
+    finally:
+        await queue.stop()
+
+
+async def test_a_message_written_claimed_wakes_nobody_and_names_its_row(backend: Backend) -> None:
+    queue, signal = queue_and_signal(backend)
+    await queue.start()
+    try:
+        anyone = queue.waiter()
+        claimed = message("payment.authorize")
+        until = datetime.now(UTC) + timedelta(seconds=30)
+        async with SqlUnitOfWork(backend.container.engine, signal.notify) as uow:
+            await uow.outbox.add(claimed)
+            uow.outbox.claim(claimed.id, "worker-a", until)
+            await uow.commit()
+            rows = dict(uow.outbox.claimed_rows)
+        assert not await woken(anyone)
+        async with backend.container.engine.connect() as conn:
+            o = outbox_messages.c
+            row = (
+                await conn.execute(
+                    sa.select(o.id, o.claimed_by, o.claimed_until, o.sent_at).where(
+                        o.message_id == claimed.id
+                    )
+                )
+            ).one()
+        assert rows == {claimed.id: row.id}
+        assert (row.claimed_by, row.claimed_until, row.sent_at) == ("worker-a", until, None)
+        # Nobody else claims it while the lease runs; once it has run out (the writer died
+        # before delivering it), anyone may.
+        assert await queue.claim({"payment.authorize"}, 10, lease=30) == []
+        backend.clock.set(until + timedelta(seconds=1))
+        again = await queue.claim({"payment.authorize"}, 10, lease=30)
+        assert [(q.id, q.message.id, q.attempts) for q in again] == [(row.id, claimed.id, 0)]
     finally:
         await queue.stop()

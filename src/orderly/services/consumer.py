@@ -18,9 +18,9 @@ import asyncio
 import random
 import traceback
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -125,6 +125,8 @@ class RuntimeStats:
     retried: int = 0
     handed_off: int = 0
     hand_offs_refused: int = 0
+    claimed_on_write: int = 0
+    """Messages a transaction wrote already claimed, delivered here without a claim."""
     dead_lettered: int = 0
     storage_waits: int = 0
     by_consumer: dict[str, int] = field(default_factory=dict)
@@ -177,6 +179,16 @@ class ConsumerRuntime:
             for type_ in handler.types
             if wanted[type_] == 1
         }
+        # On the local transport, a message added here for a consumer of this runtime (and
+        # not handed off) is written claimed by this worker and delivered after the commit.
+        self._write_lease = transport.write_lease
+        self._own = {
+            type_: handler
+            for handler in self._handlers
+            for type_ in handler.types
+            if wanted[type_] == 1
+        }
+        self._intakes: dict[str, _Intake] = {}
         self.stats = RuntimeStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -205,6 +217,9 @@ class ConsumerRuntime:
         # in a queue until the lease runs out (it would be handed out again, a duplicate).
         room = _Room(2 * lane_count)
         lanes = _KeyLanes(lane_count)
+        self._intakes[handler.consumer] = _Intake(
+            lanes, room, stop, lambda d: self._settle(handler, d, room)
+        )
         pause = 0.5
         try:
             while not stop.is_set():
@@ -230,6 +245,7 @@ class ConsumerRuntime:
                 for delivery in deliveries:
                     lanes.add(delivery, lambda d: self._settle(handler, d, room))
         finally:
+            self._intakes.pop(handler.consumer, None)
             await lanes.drain(options.drain_timeout)
 
     async def _settle(self, handler: Handler, delivery: Delivery, room: _Room) -> None:
@@ -293,6 +309,7 @@ class ConsumerRuntime:
     ) -> bool:
         message = delivery.message
         handing: list[tuple[Handler, Message]] = []
+        claiming: list[tuple[Handler, Message]] = []
         try:
             async with self._uow() as uow:
                 now = self._clock.now()
@@ -305,6 +322,7 @@ class ConsumerRuntime:
                             await handler.handle(uow, message)
                     if hand_off:
                         await self._hand_off(uow, handing)
+                        claiming = self._claim_own(uow, now)
                 replay = _replay_id(message)
                 if replay is not None:
                     await uow.dead_letters.finish_replay(
@@ -313,6 +331,8 @@ class ConsumerRuntime:
                 if self._transport.acks_in_transaction:
                     await uow.acks.acknowledge(delivery.handle, now)
                 await uow.commit()
+                if claiming:
+                    self._deliver_own(claiming, uow.outbox.claimed_rows)
         except (StorageUnavailable, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -348,6 +368,43 @@ class ConsumerRuntime:
             uow.outbox.hand_off(message.id)
             handing.clear()
             self.stats.handed_off += 1
+
+    def _claim_own(self, uow: MessageUnitOfWork, now: datetime) -> list[tuple[Handler, Message]]:
+        """Claim, as they are written, the messages this transaction added for this runtime's
+        consumers and did not hand off (say, a payment command): after the commit they go
+        straight to their consumer's lanes, with no claim transaction and no wake-up. Only
+        on the local transport, only what is due now and is no replay, at most
+        ``hand_off_limit``. A worker that dies first leaves them to the lease's expiry."""
+        lease = self._write_lease
+        if lease is None:
+            return []
+        until = now + timedelta(seconds=lease.seconds)
+        claiming: list[tuple[Handler, Message]] = []
+        for message in uow.outbox.added():
+            if len(claiming) >= self._options.hand_off_limit:
+                break
+            handler = self._own.get(message.type)
+            if handler is None or handler.consumer not in self._intakes:
+                continue
+            if _replay_id(message) is not None:
+                continue
+            if message.not_before is not None and message.not_before > now:
+                continue
+            uow.outbox.claim(message.id, lease.owner, until)
+            claiming.append((handler, message))
+        return claiming
+
+    def _deliver_own(
+        self, claiming: list[tuple[Handler, Message]], rows: Mapping[str, int]
+    ) -> None:
+        for handler, message in claiming:
+            intake = self._intakes.get(handler.consumer)
+            if intake is None or intake.stop.is_set():
+                continue  # stopping: the lease runs out and the message is handed out again
+            delivery = Delivery(message, 1, handler.subscription, rows[message.id])
+            intake.room.take(1)
+            intake.lanes.add(delivery, intake.settle)
+            self.stats.claimed_on_write += 1
 
     def _next_hand_off(
         self, added: Sequence[Message], now: datetime
@@ -526,6 +583,16 @@ class _KeyLanes:
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Intake:
+    """A running consumer's lanes and room, where its own transactions' messages go."""
+
+    lanes: _KeyLanes
+    room: _Room
+    stop: asyncio.Event
+    settle: Callable[[Delivery], Awaitable[None]]
 
 
 class _Room:

@@ -71,6 +71,16 @@ class PublishRejected(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class WriteLease:
+    """A claim written with the message: ``owner`` holds it for ``seconds`` after the commit,
+    like a claim by ``receive``; if the owner dies first, the message is handed out again
+    when the lease runs out."""
+
+    owner: str
+    seconds: float
+
+
 class Transport(Protocol):
     """Moves messages between processes, at least once.
 
@@ -97,6 +107,10 @@ class Transport(Protocol):
     """True when several consumers may subscribe to one type, each getting every message."""
     ordered_per_key: bool
     """True when messages with one key reach a consumer in publish order (one at a time)."""
+    write_lease: WriteLease | None
+    """Where the outbox table is the queue (local): the claim a worker may put on a message
+    its own transaction adds, to deliver it itself after the commit without claiming it. None
+    for the broker transports."""
 
     async def connect(self) -> None:
         """Open connections; raise ``TransportUnavailable`` if the broker cannot be reached."""

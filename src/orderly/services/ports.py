@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -83,6 +83,16 @@ class HandOffOutbox(Outbox, Protocol):
 
     def hand_off(self, message_id: str) -> None:
         """Take a message added in this transaction out of what is written: it was applied."""
+        ...
+
+    def claim(self, message_id: str, owner: str, until: datetime) -> None:
+        """Write a message added in this transaction already claimed by ``owner`` (a worker
+        on the local transport) until ``until``: that worker delivers it after the commit."""
+        ...
+
+    @property
+    def claimed_rows(self) -> Mapping[str, int]:
+        """After the commit: the queue row of each claimed message, by message id."""
         ...
 
 

@@ -434,6 +434,56 @@ async def test_a_message_due_later_is_not_handed_off(
         assert time.time() - (time.monotonic() - applied_at) >= created + 0.9
 
 
+PREPARED = "test.stock-prepared"
+
+
+async def test_a_message_for_a_consumer_that_calls_out_is_delivered_once_by_its_writer(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    """A consumer with ``prepare`` (an outside call) never runs inside another transaction.
+    On the local transport its message is written claimed by this worker and delivered after
+    the commit, without a claim; a broker delivers it the usual way. Either way, once."""
+    prepared: list[str] = []
+    forwarded: list[Message] = []
+
+    async def call_out(message: Message) -> int:
+        prepared.append(message.id)
+        return int(message.payload["n"])
+
+    async def apply(uow: MessageUnitOfWork, message: Message, n: int) -> None:
+        await uow.stock.put_back(Allocation(SKU, WAREHOUSE, n))
+
+    async def not_called(uow: MessageUnitOfWork, message: Message) -> None:
+        raise AssertionError("a handler with prepare runs apply")
+
+    async def forward_to_caller(uow: MessageUnitOfWork, message: Message) -> None:
+        out = replace(adding(message.payload["n"]), type=PREPARED, key=message.key)
+        forwarded.append(out)
+        await uow.outbox.add(out)
+
+    more = (
+        Handler("forwarder", frozenset({FORWARD}), forward_to_caller, FAST),
+        Handler("caller", frozenset({PREPARED}), not_called, FAST, prepare=call_out, apply=apply),
+    )
+    async with running(open_transport, runtime_database, Switch(), FAST, more) as (
+        harness,
+        transport,
+    ):
+        await transport.publish([forward(3)])
+
+        async def applied() -> bool:
+            return await harness.on_hand() == START + 3
+
+        await eventually(applied)
+        await asyncio.sleep(1.5)  # time for a (wrong) second delivery
+        assert await harness.on_hand() == START + 3
+        assert prepared == [forwarded[0].id]
+        stats = harness.runtime.stats
+        assert (stats.processed, stats.duplicates, stats.handed_off) == (2, 0, 0)
+        assert stats.claimed_on_write == (1 if transport.write_lease is not None else 0)
+        assert await outbox_rows(runtime_database, forwarded[0].id) == 1
+
+
 async def test_a_type_two_consumers_want_goes_through_the_transport_to_both(
     open_transport: OpenTransport, runtime_database: str
 ) -> None:

@@ -5,9 +5,9 @@ RETURNING``; PostgreSQL adds ``FOR UPDATE SKIP LOCKED`` so competing workers tak
 without waiting, SQLite has a single writer anyway. A claim is a lease: a process that dies
 holding rows loses them when ``claimed_until`` passes and another process claims them again.
 
-Wake-ups: on PostgreSQL a trigger NOTIFYs ``orderly_outbox`` with the type of every unsent
-message inserted (migrations 0002, 0005) and this module LISTENs on its own connection, waking
-only the consumers of that type; on SQLite, units of work in the same process
+Wake-ups: on PostgreSQL a trigger NOTIFYs ``orderly_outbox`` with the type of every unsent,
+unclaimed message inserted (migrations 0002, 0005, 0006) and this module LISTENs on its own
+connection, waking only the consumers of that type; on SQLite, units of work in the same process
 signal an ``OutboxSignal``. Both fall back to polling, which also catches retries coming due.
 """
 
@@ -174,7 +174,8 @@ class OutboxQueue:
             await listener.close(timeout=2)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        # The payload is the type of the new unsent messages (migration 0005); empty: any.
+        # The payload is the type of new unsent, unclaimed messages (migrations 0005, 0006);
+        # empty: any.
         self._signal.notify((payload,) if payload else None)
 
     def waiter(self, types: Collection[str] | None = None) -> asyncio.Event:

@@ -70,6 +70,7 @@ _INSERT_ORDER = orders.insert()
 _INSERT_LINES = order_lines.insert()
 _INSERT_EVENT = order_events.insert()
 _INSERT_OUTBOX = outbox_messages.insert()
+_INSERT_CLAIMED = outbox_messages.insert().returning(outbox_messages.c.id)
 _COMPLETE_KEY = idempotency_keys.update().where(idempotency_keys.c.id == sa.bindparam("_id"))
 _SELECT_KEY = sa.select(idempotency_keys).where(
     idempotency_keys.c.user_id == sa.bindparam("user_id"),
@@ -191,15 +192,19 @@ class SqlOutbox:
     """Buffers the transaction's messages and writes them in one statement at commit.
 
     A message handed off to a consumer in the same transaction is not written: it was applied
-    in this transaction, and no transport is to deliver it.
+    in this transaction, and no transport is to deliver it. A message claimed by its writer
+    (``claim``) is written with that claim; ``claimed_rows`` then names its queue row.
     """
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
         self._pending: list[Message] = []
         self._handed: set[str] = set()
+        self._claims: dict[str, tuple[str, datetime]] = {}
         self.unsent_types: set[str] = set()
-        """Types of the messages written (a wake-up is due after commit)."""
+        """Types of the unclaimed messages written (a wake-up is due after commit)."""
+        self.claimed_rows: dict[str, int] = {}
+        """The queue row of each message written claimed, by message id (after the flush)."""
 
     async def add(self, message: Message) -> None:
         self._pending.append(message)
@@ -208,18 +213,34 @@ class SqlOutbox:
         return [m for m in self._pending if m.id not in self._handed]
 
     def hand_off(self, message_id: str) -> None:
-        if not any(m.id == message_id for m in self._pending):
-            raise KeyError(f"message {message_id} was not added in this transaction")
+        self._check_added(message_id)
         self._handed.add(message_id)
+        self._claims.pop(message_id, None)
+
+    def claim(self, message_id: str, owner: str, until: datetime) -> None:
+        self._check_added(message_id)
+        self._claims[message_id] = (owner, until)
+
+    def _check_added(self, message_id: str) -> None:
+        if not any(m.id == message_id for m in self._pending if m.id not in self._handed):
+            raise KeyError(f"message {message_id} was not added in this transaction")
 
     async def flush(self) -> None:
         """Write the buffered messages (called by the unit of work before it commits)."""
-        written = self.added()
-        self._pending = []
-        self._handed = set()
-        if written:
-            self.unsent_types.update(m.type for m in written)
-            await direct.execute(self._conn, _INSERT_OUTBOX, [self._row(m) for m in written])
+        written, claims = self.added(), self._claims
+        self._pending, self._handed, self._claims = [], set(), {}
+        self.claimed_rows = {}
+        free = [m for m in written if m.id not in claims]
+        if free:
+            self.unsent_types.update(m.type for m in free)
+            await direct.execute(self._conn, _INSERT_OUTBOX, [self._row(m) for m in free])
+        for message in written:
+            claim = claims.get(message.id)
+            if claim is not None:
+                row = {**self._row(message), "claimed_by": claim[0], "claimed_until": claim[1]}
+                self.claimed_rows[message.id] = int(
+                    await direct.scalar(self._conn, _INSERT_CLAIMED, row)
+                )
 
     @staticmethod
     def _row(message: Message) -> dict[str, Any]:

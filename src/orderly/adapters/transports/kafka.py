@@ -59,6 +59,7 @@ from orderly.services.messaging import (
     PublishRejected,
     Subscription,
     TransportUnavailable,
+    WriteLease,
 )
 
 log = structlog.get_logger("orderly.transport.kafka")
@@ -266,6 +267,7 @@ class KafkaTransport:
 
     name = "kafka"
     acks_in_transaction = False
+    write_lease: WriteLease | None = None
     needs_relay = True
     fans_out = True
     ordered_per_key = True

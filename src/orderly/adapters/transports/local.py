@@ -2,7 +2,9 @@
 
 A message is delivered by claiming its outbox row (a lease), acknowledged by marking the row
 sent inside the handler's own transaction, retried by moving ``available_at`` forward and
-dead-lettered by marking it sent (the dead-letter store keeps it). Each message type goes to
+dead-lettered by marking it sent (the dead-letter store keeps it). A worker's handler
+transaction may also write a message already claimed by that worker (``write_lease``), which
+then delivers it itself after the commit, without a claim. Each message type goes to
 one consumer (no fan-out); rows are claimed in insertion order, but competing lanes and
 processes may finish them out of order, so no per-key order is promised.
 """
@@ -14,7 +16,7 @@ from collections.abc import Awaitable, Sequence
 
 from orderly.adapters.db.outbox_queue import OutboxQueue
 from orderly.domain.events import Message
-from orderly.services.messaging import Delivery, Subscription, TransportUnavailable
+from orderly.services.messaging import Delivery, Subscription, TransportUnavailable, WriteLease
 from orderly.services.ports import StorageUnavailable
 
 
@@ -29,6 +31,7 @@ class LocalTransport:
         self._queue = queue
         self._lease = lease
         self._owners: dict[str, str] = {}
+        self.write_lease: WriteLease | None = WriteLease(queue.worker_id, lease)
 
     async def connect(self) -> None:
         await self._queue.start()

@@ -69,6 +69,7 @@ from orderly.services.messaging import (
     PublishRejected,
     Subscription,
     TransportUnavailable,
+    WriteLease,
 )
 
 log = structlog.get_logger("orderly.transport.nats")
@@ -253,6 +254,7 @@ class NatsJetStreamTransport:
 
     name = "nats"
     acks_in_transaction = False
+    write_lease: WriteLease | None = None
     needs_relay = True
     fans_out = True
     ordered_per_key = False

@@ -62,6 +62,7 @@ from orderly.services.messaging import (
     PublishRejected,
     Subscription,
     TransportUnavailable,
+    WriteLease,
 )
 
 log = structlog.get_logger("orderly.transport.rabbitmq")
@@ -116,6 +117,7 @@ class RabbitMqTransport:
 
     name = "rabbitmq"
     acks_in_transaction = False
+    write_lease: WriteLease | None = None
     needs_relay = True
     fans_out = True
     ordered_per_key = False

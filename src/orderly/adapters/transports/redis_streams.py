@@ -53,6 +53,7 @@ from orderly.services.messaging import (
     PublishRejected,
     Subscription,
     TransportUnavailable,
+    WriteLease,
 )
 
 log = structlog.get_logger("orderly.transport.redis")
@@ -220,6 +221,7 @@ class RedisStreamsTransport:
 
     name = "redis"
     acks_in_transaction = False
+    write_lease: WriteLease | None = None
     needs_relay = True
     fans_out = True
     ordered_per_key = False
