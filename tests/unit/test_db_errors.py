@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from orderly.adapters.db.errors import is_connection_problem
@@ -18,6 +21,20 @@ def test_driver_connection_errors_count_wrapped_or_bare() -> None:
     assert is_connection_problem(wrapped(shutdown))
     assert is_connection_problem(wrapped(asyncpg.exceptions.ConnectionDoesNotExistError("x")))
     assert is_connection_problem(OperationalError("BEGIN", {}, Exception("database is locked")))
+
+
+def test_the_asyncpg_adapters_own_errors_count_by_what_they_wrap() -> None:
+    """SQLAlchemy's asyncpg adapter raises its DBAPI-style errors bare where the driver is used
+    under it (a BEGIN begun by adapters/db/direct.py): judged by the driver error inside."""
+    adapter: Any = AsyncAdapt_asyncpg_dbapi  # untyped
+    dbapi = adapter(asyncpg)
+    closed = asyncpg.exceptions.ConnectionDoesNotExistError(
+        "connection was closed in the middle of operation"
+    )
+    bare = dbapi.Error(str(closed), closed)
+    assert is_connection_problem(bare)
+    violation = asyncpg.exceptions.UniqueViolationError("duplicate key")
+    assert not is_connection_problem(dbapi.IntegrityError(str(violation), violation))
 
 
 def test_a_database_refusing_connections_counts() -> None:

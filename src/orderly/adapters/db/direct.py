@@ -24,6 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from orderly.adapters.db.errors import is_connection_problem
+
 
 class Result(Protocol):
     """What both paths return: SQLAlchemy's ``CursorResult`` or :class:`Rows`."""
@@ -184,13 +186,14 @@ async def _guarded(sync: Connection, work: Awaitable[Rows]) -> Rows:
     which asyncpg still counts a transaction open that SQLAlchemy's adapter does not know of:
     back in the pool, that connection's next transaction would become a savepoint inside the
     old one, and its commit would release the savepoint and keep the locks. SQLAlchemy
-    invalidates a connection whose own statement is interrupted; this does the same. The
-    server rolls the transaction back when the connection closes.
+    invalidates a connection whose own statement is interrupted, or that is lost; this does
+    the same. The server rolls the transaction back when the connection closes.
     """
     try:
         return await work
     except BaseException as exc:
-        if not isinstance(exc, Exception) and not sync.invalidated:
+        interrupted = not isinstance(exc, Exception)
+        if (interrupted or is_connection_problem(exc)) and not sync.invalidated:
             sync.invalidate(exc)
         raise
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, EmulatedDBAPIException, InterfaceError, OperationalError
 
 _DRIVER_CONNECTION_ERRORS = (
     asyncpg.PostgresConnectionError,
@@ -18,7 +18,14 @@ _DRIVER_CONNECTION_ERRORS = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg_base.InternalClientError,
 )
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg_base.InternalClientError)
+# EmulatedDBAPIException: what SQLAlchemy's asyncpg adapter raises itself, before SQLAlchemy
+# wraps it (adapters/db/direct.py begins the adapter's transaction and sees it bare).
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg_base.InternalClientError,
+    EmulatedDBAPIException,
+)
 _SOCKET_ERRORS = (OSError, TimeoutError)
 # Class 08: connection exception; 57: operator intervention; 53300: too many connections.
 _SQLSTATE_PREFIXES = ("08", "57", "53300")

@@ -1,6 +1,7 @@
-"""The request path's unit of work on the real PostgreSQL (``adapters/db/postgres.py``): it runs
-on the pool's asyncpg connection, outside SQLAlchemy, so it must leave that connection clean
-however the request ends."""
+"""Code that runs on the pool's asyncpg connection outside SQLAlchemy, on the real PostgreSQL:
+the request path's unit of work (``adapters/db/postgres.py``) and the worker's statements
+(``adapters/db/direct.py``). Each must leave the connection clean however it ends, and report
+a lost connection as the database being unavailable."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
+from orderly.adapters.db import direct
 from orderly.adapters.db.engine import create_engine, dispose_engine
+from orderly.adapters.db.errors import is_connection_problem
+from orderly.adapters.db.outbox_queue import OutboxQueue
 from orderly.adapters.db.postgres import PgUnitOfWork
 from orderly.adapters.db.tables import outbox_messages
 from orderly.domain.events import Message
+from orderly.services.ports import StorageUnavailable
 from tests.conftest import Backend
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
@@ -90,3 +95,30 @@ async def test_a_cancelled_request_leaves_no_transaction_open(backend: Backend) 
     finally:
         await dispose_engine(engine)
     assert await stored(backend, cancelled) == set()
+
+
+async def test_a_connection_lost_at_the_begin_is_reported_as_unavailable(backend: Backend) -> None:
+    """The backend is terminated while the connection sits in the pool (a database restart):
+    the BEGIN that direct.py sends first fails, and that failure must read as "database
+    unavailable" (retry later), never as a bug that stops a worker's consumer."""
+    engine = create_engine(backend.container.engine.url.render_as_string(False), pool_size=1)
+    queue = OutboxQueue(engine, clock=backend.clock, worker_id="t")
+    try:
+        for attempt in ("statement", "claim"):
+            async with engine.connect() as conn:
+                pid = await conn.scalar(sa.text("SELECT pg_backend_pid()"))
+            async with backend.container.engine.connect() as admin:
+                await admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            await asyncio.sleep(0.1)
+            if attempt == "statement":
+                with pytest.raises(Exception, match=r"(?i)closed|terminat") as caught:
+                    async with engine.begin() as conn:
+                        await direct.execute(conn, sa.select(outbox_messages.c.id).limit(1))
+                assert is_connection_problem(caught.value), repr(caught.value)
+            else:
+                with pytest.raises(StorageUnavailable):
+                    await queue.claim({"test.message"}, 10, lease=30)
+            # The pool then hands out a working connection.
+            assert await queue.claim({"test.message"}, 10, lease=30) == []
+    finally:
+        await dispose_engine(engine)
