@@ -240,6 +240,15 @@ class ConsumerRuntime:
                     await sleep_or_stop(stop, pause)
                     pause = min(pause * 2, options.max_backoff)
                     continue
+                except Exception:
+                    # An error no adapter classified: logged with its traceback, and retried
+                    # like an outage. It must not stop this consumer, or the worker with it.
+                    log.exception(
+                        "receive failed unexpectedly, retrying", consumer=handler.consumer
+                    )
+                    await sleep_or_stop(stop, pause)
+                    pause = min(pause * 2, options.max_backoff)
+                    continue
                 pause = 0.5
                 room.take(len(deliveries))
                 for delivery in deliveries:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -108,6 +108,7 @@ async def running(
     switch: Switch,
     policy: RetryPolicy,
     more: tuple[Handler, ...] = (),
+    wrap: Callable[[Transport], Transport] | None = None,
 ) -> AsyncIterator[tuple[Harness, Transport]]:
     engine = create_engine(database_url, pool_size=10)
     alerts = RecordingAlerts()
@@ -127,7 +128,7 @@ async def running(
         async with open_transport(redelivery_after=5.0) as transport:
             handler = stock_adding_handler(switch, policy)
             runtime = ConsumerRuntime(
-                transport,
+                wrap(transport) if wrap else transport,
                 uow,
                 [handler, *more],
                 clock=SystemClock(),
@@ -312,6 +313,46 @@ async def test_replaying_a_message_whose_effect_was_applied_changes_nothing(
         stored = await harness.desk.show(letter_id)
         assert stored.replays[0].result == "already-applied"
         assert await harness.on_hand() == START + 6
+
+
+class FailingOnce:
+    """A transport whose first receive fails with an error no adapter classified."""
+
+    def __init__(self, inner: Transport) -> None:
+        self._inner = inner
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def receive(self, subscription: Any, max_messages: int, timeout: float) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("an unexpected receive error")
+        return await self._inner.receive(subscription, max_messages, timeout)
+
+
+async def test_an_unexpected_receive_error_does_not_stop_the_consumer(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    switch = Switch()
+    wrapped: list[FailingOnce] = []
+
+    def failing_once(transport: Transport) -> Transport:
+        wrapped.append(FailingOnce(transport))
+        return cast(Transport, wrapped[-1])
+
+    async with running(open_transport, runtime_database, switch, FAST, wrap=failing_once) as (
+        harness,
+        transport,
+    ):
+        await transport.publish([adding(4)])
+
+        async def applied() -> bool:
+            return await harness.on_hand() == START + 4
+
+        await eventually(applied)
+        assert wrapped[0].failed
 
 
 # ---- hand-offs: a message added by a handler, taken by its consumer in the same transaction ---
