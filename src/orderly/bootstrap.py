@@ -35,6 +35,7 @@ from orderly.services.messaging import Transport
 from orderly.services.notifications import Notifier
 from orderly.services.order_aftercare import (
     ReservationSweeper,
+    UnstartedOrderRedrive,
     alert_handler,
     notification_handler,
     refund_handler,
@@ -200,6 +201,13 @@ class Container:
 
     def reservation_sweeper(self) -> ReservationSweeper:
         return ReservationSweeper(self.message_uow, clock=self.clock, ids=self.ids)
+
+    def unstarted_order_redrive(self) -> UnstartedOrderRedrive:
+        return UnstartedOrderRedrive(
+            self.message_uow,
+            clock=self.clock,
+            after=timedelta(seconds=self.settings.redrive_after_seconds),
+        )
 
     def consumer_runtime(
         self, transport: Transport, handlers: list[Handler] | None = None

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     handler_timeout_seconds: float = Field(default=30.0, gt=0)
     relay_batch: int = Field(default=256, ge=1, le=5000)
     relay_max_attempts: int = Field(default=10, ge=1)
+    redrive_after_seconds: float = Field(default=60.0, gt=0)
+    """A broker transport's order still PENDING this long after its ``order.placed`` was
+    published is published again (the broker lost it)."""
     alert_webhook_url: str | None = None
 
     # The order saga and its services.

@@ -117,6 +117,9 @@ async def disturbed(
         "ORDERLY_REDELIVERY_AFTER_SECONDS": "3",
         "ORDERLY_RETRY_BASE_DELAY_SECONDS": "0.2",
         "ORDERLY_RETRY_ATTEMPTS": "5",
+        # A broker that loses confirmed messages in its shutdown (seen with NATS) leaves
+        # orders PENDING; the relay's redrive publishes their order.placed again.
+        "ORDERLY_REDRIVE_AFTER_SECONDS": "10",
     }
     try:
         async with (

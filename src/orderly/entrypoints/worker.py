@@ -66,6 +66,11 @@ async def run_background(
                 )
             if relay and transport.needs_relay:
                 group.create_task(container.relay(transport).run(stop))
+                redrive = container.unstarted_order_redrive()
+                interval = max(container.settings.sweep_interval_seconds, 5.0)
+                group.create_task(
+                    run_periodically(redrive.sweep, stop, interval, "order.placed redrive")
+                )
             log.info(
                 "background processing started",
                 transport=transport.name,

@@ -4,6 +4,7 @@ reservation-expiry sweeper."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -216,3 +217,32 @@ class ReservationSweeper:
         if expired:
             log.info("reservations expired", orders=expired)
         return expired
+
+
+class UnstartedOrderRedrive:
+    """Publishes ``order.placed`` again for an order whose saga never started.
+
+    The relay marks a message sent once the broker confirms it; a broker that loses a
+    confirmed message (seen with NATS JetStream stopped while messages arrive) would leave
+    its order PENDING for good, since no later step exists to time out. Run beside the
+    relay, for the broker transports only: on the local transport a sent row was applied.
+    """
+
+    def __init__(self, uow: Any, *, clock: Clock, after: timedelta, batch: int = 100) -> None:
+        self._uow = uow
+        self._clock = clock
+        self._after = after
+        self._batch = batch
+
+    async def sweep(self) -> int:
+        async with self._uow() as uow:
+            now = self._clock.now()
+            ids = await uow.order_states.redrive_unstarted(now - self._after, now, self._batch)
+            await uow.commit()
+        if ids:
+            log.warning(
+                "order.placed published again: its saga never started",
+                orders=len(ids),
+                order_ids=ids[:10],
+            )
+        return len(ids)

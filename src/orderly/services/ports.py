@@ -187,6 +187,14 @@ class OrderStateRepository(Protocol):
         """Move the order and append the event, only if it is still at ``from_version``."""
         ...
 
+    async def redrive_unstarted(
+        self, placed_before: datetime, now: datetime, limit: int
+    ) -> list[str]:
+        """Orders still PENDING, placed before ``placed_before``, whose ``order.placed`` was
+        published and whose saga never started: queue that message again (due ``now``) and
+        return their ids. The inbox skips it where it was applied after all."""
+        ...
+
 
 class StockRepository(Protocol):
     """Conditional stock movements: on_hand never drops below reserved or zero."""

@@ -24,10 +24,11 @@ from orderly.adapters.db.tables import (
     orders,
     outbox_messages,
     processed_messages,
+    sagas,
     stock,
     warehouses,
 )
-from orderly.domain.events import Message
+from orderly.domain.events import ORDER_PLACED, Message
 from orderly.domain.orders import OrderStatus
 from orderly.domain.processing import Allocation, StoredLine, StoredOrder, Transition
 from orderly.services.ports import DeadLetter, FailedAttempt, NewDeadLetter, Replay
@@ -85,9 +86,52 @@ _ACK_ROW = (
 _TAKE_ROUNDS = 5
 
 
+_UNSTARTED = (
+    sa.select(orders.c.id)
+    .where(
+        orders.c.status == "PENDING",
+        orders.c.created_at < sa.bindparam("placed_before"),
+        ~sa.exists().where(sagas.c.key == orders.c.id),
+        sa.exists().where(
+            outbox_messages.c.key == orders.c.id,
+            outbox_messages.c.type == ORDER_PLACED,
+            outbox_messages.c.sent_at.is_not(None),
+        ),
+    )
+    .order_by(orders.c.created_at)
+    .limit(sa.bindparam("limit"))
+)
+_REQUEUE_PLACED = (
+    outbox_messages.update()
+    .where(
+        outbox_messages.c.key.in_(sa.bindparam("keys", expanding=True)),
+        outbox_messages.c.type == ORDER_PLACED,
+        outbox_messages.c.sent_at.is_not(None),
+    )
+    .values(
+        sent_at=None,
+        available_at=sa.bindparam("now"),
+        claimed_by=None,
+        claimed_until=None,
+        attempts=0,
+    )
+)
+
+
 class SqlOrderStates:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+
+    async def redrive_unstarted(
+        self, placed_before: datetime, now: datetime, limit: int
+    ) -> list[str]:
+        found = await self._conn.execute(
+            _UNSTARTED, {"placed_before": placed_before, "limit": limit}
+        )
+        ids = [row.id for row in found]
+        if ids:
+            await self._conn.execute(_REQUEUE_PLACED, {"keys": ids, "now": now})
+        return ids
 
     async def load(self, order_id: str) -> StoredOrder | None:
         row = (await self._conn.execute(_ORDER, {"order_id": order_id})).one_or_none()
