@@ -466,7 +466,9 @@ async def test_a_rebuild_waits_for_a_live_apply_and_counts_it_once(backend: Back
             processed_messages.insert(),
             {"consumer": PROJECTIONS, "message_id": message.id, "processed_at": T0},
         )
-        await SqlReadModels(consumer).apply_stock_entries(message.payload["entries"], T0)
+        models = SqlReadModels(consumer)
+        await models.apply_stock_entries(message.payload["entries"], T0)
+        await models.flush()
         rebuild = asyncio.create_task(store.rebuild())
         await asyncio.sleep(0.5)
         assert not rebuild.done()  # the consumer's transaction holds the read models

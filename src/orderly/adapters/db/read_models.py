@@ -151,6 +151,7 @@ class SqlReadModels:
         self._before_stream_read = before_stream_read
         self._rows: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._dirty: dict[tuple[str, str], dict[str, Any]] = {}
+        self._levels: dict[tuple[str, str], dict[str, Any]] = {}
 
     async def apply_order_events(
         self,
@@ -180,19 +181,23 @@ class SqlReadModels:
             self._write(rm_fulfilment, order_id, moved)
 
     async def apply_stock_entries(self, entries: Sequence[Mapping[str, Any]], at: datetime) -> None:
-        increments = fold_stock_levels(stock_entries_from_payload(entries, at))
-        if increments:
-            # In key order, so two consumers never wait on each other's rows.
-            rows = [increments[key] for key in sorted(increments)]
-            await direct.execute(self._conn, _add_levels(self._conn), rows)
+        # Summed here and added at commit (:meth:`flush`): the level rows are the hottest rows
+        # of the system (every order of a SKU moves one), so they are locked only for the
+        # commit, and all in one key order however many stock changes the transaction applied.
+        self._levels = fold_stock_levels(stock_entries_from_payload(entries, at), self._levels)
 
     async def flush(self) -> None:
-        """Write the order rows this transaction moved (called by the unit of work before it
-        commits), in key order so two transactions never wait on each other's rows."""
+        """Write what this transaction moved (called by the unit of work before it commits):
+        the order rows, then the stock level increments, each in key order so two
+        transactions never wait on each other's rows."""
         dirty, self._dirty = self._dirty, {}
         for (table_name, _), row in sorted(dirty.items(), key=lambda item: item[0]):
             table = _ORDER_TABLES[table_name]
             await direct.execute(self._conn, _guarded_upsert(self._conn, table, row), row)
+        levels, self._levels = self._levels, {}
+        rows = [levels[key] for key in sorted(levels)]
+        if rows:
+            await direct.execute(self._conn, _add_levels(self._conn), rows)
 
     def _write(self, table: sa.Table, order_id: str, row: dict[str, Any]) -> None:
         key = (table.name, order_id)

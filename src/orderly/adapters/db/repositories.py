@@ -540,6 +540,7 @@ class SqlUnitOfWork:
             # What the repositories buffered, in the order the rows depend on each other.
             await self.order_stream.flush()
             await self.sagas.flush()
+            await self.reservations.flush()
             await self.read_models.flush()
             await self.outbox.flush()
             await self._conn.commit()

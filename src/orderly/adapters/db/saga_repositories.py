@@ -457,9 +457,33 @@ _LINES_IN = _LINES.where(reservation_lines.c.status == sa.bindparam("_status"))
 
 
 class SqlReservations:
+    """Reservations and the stock rows they hold, on the unit of work's connection.
+
+    Stock rows are the rows orders of one SKU contend for. Every transaction locks them in
+    (sku, warehouse) order, so two never deadlock: :meth:`reserve` takes its picks in that
+    order, and shipping, which does not change what is available (on hand and reserved fall
+    together), is applied at commit (:meth:`flush`), summed and in that order, holding the rows
+    only for the commit.
+    """
+
     def __init__(self, conn: AsyncConnection, outbox: Outbox | None = None) -> None:
         self._conn = conn
         self._outbox = outbox
+        self._shipped: dict[tuple[str, str], int] = {}
+
+    async def flush(self) -> None:
+        """Apply the shipped units to the stock rows (called by the unit of work before it
+        commits)."""
+        shipped, self._shipped = self._shipped, {}
+        if shipped:
+            await direct.execute(
+                self._conn,
+                _SHIP_STOCK,
+                [
+                    {"_sku": sku, "_warehouse": warehouse, "_n": shipped[(sku, warehouse)]}
+                    for sku, warehouse in sorted(shipped)
+                ],
+            )
 
     async def available(self, skus: Collection[str]) -> list[Available]:
         rows = await self._conn.execute(_AVAILABLE, {"_skus": list(skus)})
@@ -492,7 +516,8 @@ class SqlReservations:
 
     async def reserve(self, order_id: str, picks: Sequence[Pick], now: datetime) -> bool:
         done: list[Pick] = []
-        for pick in picks:
+        # Stock rows are always locked in (sku, warehouse) order (see :meth:`flush`).
+        for pick in sorted(picks, key=lambda p: (p.sku, p.warehouse_id)):
             result = await direct.execute(
                 self._conn,
                 _RESERVE,
@@ -626,11 +651,8 @@ class SqlReservations:
             if x.warehouse_id == warehouse_id
         ]
         for line in held:
-            await direct.execute(
-                self._conn,
-                _SHIP_STOCK,
-                {"_sku": line.sku, "_warehouse": line.warehouse_id, "_n": line.quantity},
-            )
+            key = (line.sku, line.warehouse_id)
+            self._shipped[key] = self._shipped.get(key, 0) + line.quantity
         await self._settle(order_id, held, ReservationStatus.SHIPPED)
         if held and not await self.lines(order_id, ReservationStatus.ACTIVE):
             await direct.execute(
@@ -650,7 +672,7 @@ class SqlReservations:
         return held
 
     async def restock(self, order_id: str, lines: Sequence[ReservedLine], now: datetime) -> None:
-        for line in lines:
+        for line in sorted(lines, key=lambda x: (x.sku, x.warehouse_id)):
             await self._conn.execute(
                 stock.update()
                 .where(stock.c.sku == line.sku, stock.c.warehouse_id == line.warehouse_id)
