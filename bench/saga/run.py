@@ -10,8 +10,13 @@ database (migrated, seeded, plus the benchmark's products and stock), with ``ord
    be CONFIRMED and every other order FAILED with OUT_OF_STOCK;
 4. latency: the workers restarted with ``ORDERLY_PAYMENT_LATENCY_MS`` (default [300,800]), then
    ``--latency-orders`` orders, against ``1.5 x`` the reference time ``+ 2 s``;
-and the workers' peak memory (VmHWM). Each phase starts with all earlier orders final, posts
-its orders from 64 aiohttp connections, and ends when all its orders are final (or times out).
+and the workers' peak memory (VmHWM). Before them, ``--history-orders`` orders and an ``ANALYZE``
+stand in for a database that has been running: on tables a few seconds old, PostgreSQL plans
+the workers' prepared statements for near-empty tables (sequential scans) and keeps those
+plans until the tables are analyzed, which autovacuum does within a minute or so of them
+growing; a run of a few seconds would otherwise measure only that first minute. Each phase
+starts with all earlier orders final, posts its orders from 64 aiohttp connections, and ends
+when all its orders are final (or times out).
 Prints a table; writes JSON and every process's log under bench/results/; exits 1 if a
 correctness check failed (hot SKU, ledger, an order never final, a transport that failed).
 
@@ -65,6 +70,7 @@ FULL = {
     "hot_stock": 500,
     "skus": 500,
     "warmup_orders": 20,
+    "history_orders": 300,
     "phase_timeout": 600.0,
     "quiet_wait": 30.0,
 }
@@ -75,6 +81,7 @@ QUICK = {
     "hot_stock": 15,
     "skus": 20,
     "warmup_orders": 5,
+    "history_orders": 20,
     "phase_timeout": 120.0,
     "quiet_wait": 5.0,
 }
@@ -90,6 +97,7 @@ class Options:
     hot_stock: int
     skus: int
     warmup_orders: int
+    history_orders: int
     phase_timeout: float
     quiet_wait: float
     payment_latency_ms: tuple[int, int]
@@ -130,6 +138,11 @@ def _counts(p: argparse.ArgumentParser) -> None:
     add("--hot-stock", bounded(1, 50_000, int), "hot phase: the hot SKU's units")
     add("--skus", bounded(1, 10_000, int), "SKUs the spread phases use")
     add("--warmup-orders", bounded(1, 1000, int), "orders before the first and the latency phase")
+    add(
+        "--history-orders",
+        bounded(0, 10_000, int),
+        "orders placed, then ANALYZE, before the phases (a database that has been running)",
+    )
     add("--phase-timeout", bounded(5, 900, float), "give up on a phase after this many seconds")
     add("--quiet-wait", bounded(0, 600, float), "wait up to this long for other load to stop")
 
@@ -196,6 +209,7 @@ def parse_args(argv: list[str] | None) -> Options:
         hot_stock=int(value("hot_stock")),
         skus=int(value("skus")),
         warmup_orders=int(value("warmup_orders")),
+        history_orders=int(value("history_orders")),
         phase_timeout=float(value("phase_timeout")),
         quiet_wait=float(value("quiet_wait")),
         payment_latency_ms=a.payment_latency_ms,
@@ -246,6 +260,7 @@ def phases(options: Options, catalogue: Catalogue) -> dict[str, Phase]:
     timeout, conns = options.phase_timeout, options.connections
     spread = catalogue.spread
     return {
+        "history": Phase("history", options.history_orders, spread, timeout, conns),
         "warmup": Phase("warmup", options.warmup_orders, spread, timeout, conns),
         "spread": Phase("spread", options.orders, spread, timeout, conns),
         "reference": Phase("reference", options.latency_orders, spread, timeout, conns),
@@ -287,6 +302,10 @@ async def run_phases(
     await stack.start("worker", options.workers, {}, prof)
     if tag == "rabbitmq":
         await stack.start("relay", options.relays, {})
+    if options.history_orders:
+        await phase("history")
+        say(f"{tag}: ANALYZE")
+        await pool.execute("ANALYZE")
     for name in ("warmup", "spread", "reference", "hot"):
         await phase(name)
     low, high = options.payment_latency_ms
