@@ -65,6 +65,10 @@ async def reserved(conn: AsyncConnection, sku: str, warehouse: str) -> int:
     )
 
 
+async def reservation_status(uow: SqlUnitOfWork, order_id: str) -> str | None:
+    return await uow.reservations._lock_header(order_id)
+
+
 async def test_a_reservation_locks_its_stock_rows_in_key_order(backend: Backend) -> None:
     """Picks given as (PROD-005, PROD-003): while PROD-003 is held elsewhere, the reservation
     waits for it holding nothing, so PROD-005 stays free (taken first, it would close a
@@ -111,7 +115,9 @@ async def test_shipping_holds_the_stock_rows_only_for_the_commit(backend: Backen
 
     async with SqlUnitOfWork(engine) as uow:
         shipped = await uow.reservations.ship("order-ship", "WH-AUS", NOW)
+        assert await reservation_status(uow, "order-ship") == "ACTIVE"  # WH-NYC still to ship
         shipped += await uow.reservations.ship("order-ship", "WH-NYC", NOW)
+        assert await reservation_status(uow, "order-ship") == "SHIPPED"
         assert sorted((x.sku, x.quantity) for x in shipped) == [("PROD-003", 2), ("PROD-005", 1)]
         # Shipped, not yet committed: another order can still reserve these rows meanwhile.
         assert await can_lock(backend, stock, "PROD-003", "WH-AUS")

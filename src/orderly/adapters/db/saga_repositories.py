@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orderly.adapters.db import direct
@@ -204,6 +205,33 @@ _SELECT_LINES = (
 )
 
 
+def _order_with_lines() -> Any:
+    """PostgreSQL: the order row and its lines (as arrays, in line order) in one statement."""
+    ol = order_lines.c
+
+    def agg(column: Any) -> Any:
+        return sa.func.array_agg(aggregate_order_by(column, ol.line_no))
+
+    lines = (
+        sa.select(
+            agg(ol.sku).label("line_skus"),
+            agg(ol.name).label("line_names"),
+            agg(ol.quantity).label("line_quantities"),
+            agg(ol.unit_price_minor).label("line_prices"),
+        )
+        .where(ol.order_id == orders.c.id)
+        .lateral("lines")
+    )
+    return (
+        sa.select(orders, lines)
+        .select_from(orders.outerjoin(lines, sa.true()))
+        .where(orders.c.id == sa.bindparam("order_id"))
+    )
+
+
+_SELECT_ORDER_WITH_LINES = _order_with_lines()
+
+
 def _order_append(moving: Sequence[NewOrderEvent]) -> Callable[[], Any]:
     def build() -> Any:
         values: dict[str, Any] = {
@@ -257,12 +285,30 @@ class SqlOrderStream:
         known = self._facts.get(order_id)
         if known is not None:
             return known
-        row = (
-            await direct.execute(self._conn, _SELECT_ORDER, {"order_id": order_id})
-        ).one_or_none()
-        if row is None:
-            return None
-        lines = await direct.execute(self._conn, _SELECT_LINES, {"order_id": order_id})
+        lines: list[OrderLineFacts]
+        if self._conn.dialect.name == "postgresql":
+            params = {"order_id": order_id}
+            row = (await direct.execute(self._conn, _SELECT_ORDER_WITH_LINES, params)).one_or_none()
+            if row is None:
+                return None
+            lines = [
+                OrderLineFacts(*line)
+                for line in zip(
+                    row.line_skus or (),
+                    row.line_names or (),
+                    row.line_quantities or (),
+                    row.line_prices or (),
+                    strict=True,
+                )
+            ]
+        else:
+            row = (
+                await direct.execute(self._conn, _SELECT_ORDER, {"order_id": order_id})
+            ).one_or_none()
+            if row is None:
+                return None
+            found = await direct.execute(self._conn, _SELECT_LINES, {"order_id": order_id})
+            lines = [OrderLineFacts(x.sku, x.name, x.quantity, x.unit_price_minor) for x in found]
         facts = self._facts[order_id] = OrderFacts(
             id=row.id,
             customer_id=row.customer_id,
@@ -273,9 +319,7 @@ class SqlOrderStream:
             total_minor=row.total_minor,
             payment_method=row.payment_method,
             shipping_address=row.shipping_address,
-            lines=tuple(
-                OrderLineFacts(x.sku, x.name, x.quantity, x.unit_price_minor) for x in lines
-            ),
+            lines=tuple(lines),
             created_at=row.created_at,
         )
         return facts
@@ -645,16 +689,13 @@ class SqlReservations:
 
     async def ship(self, order_id: str, warehouse_id: str, now: datetime) -> list[ReservedLine]:
         await self._lock_header(order_id)
-        held = [
-            x
-            for x in await self.lines(order_id, ReservationStatus.ACTIVE)
-            if x.warehouse_id == warehouse_id
-        ]
+        active = await self.lines(order_id, ReservationStatus.ACTIVE)
+        held = [x for x in active if x.warehouse_id == warehouse_id]
         for line in held:
             key = (line.sku, line.warehouse_id)
             self._shipped[key] = self._shipped.get(key, 0) + line.quantity
         await self._settle(order_id, held, ReservationStatus.SHIPPED)
-        if held and not await self.lines(order_id, ReservationStatus.ACTIVE):
+        if held and len(held) == len(active):  # nothing of the order left to ship
             await direct.execute(
                 self._conn,
                 _SET_RESERVATION,
