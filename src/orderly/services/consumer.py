@@ -322,6 +322,9 @@ class ConsumerRuntime:
         try:
             async with self._uow() as uow:
                 now = self._clock.now()
+                if self._transport.acks_in_transaction:
+                    # Before the inbox record, which the SQL adapter sends it with.
+                    await uow.acks.acknowledge(delivery.handle, now)
                 fresh = await uow.inbox.record(handler.consumer, message.id, now)
                 if fresh:
                     async with asyncio.timeout(handler.policy.timeout):
@@ -337,8 +340,6 @@ class ConsumerRuntime:
                     await uow.dead_letters.finish_replay(
                         replay, "applied" if fresh else "already-applied", now
                     )
-                if self._transport.acks_in_transaction:
-                    await uow.acks.acknowledge(delivery.handle, now)
                 await uow.commit()
                 if claiming:
                     self._deliver_own(claiming, uow.outbox.claimed_rows)

@@ -471,8 +471,8 @@ class SqlUnitOfWork:
         self.order_states = SqlOrderStates(conn)
         self.stock = SqlStock(conn)
         self.key_status = SqlKeyStatus(conn)
-        self.inbox = SqlInbox(conn)
         self.acks = SqlDeliveryAcks(conn)
+        self.inbox = SqlInbox(conn, self.acks)
         self.failures = SqlFailureLog(conn)
         self.dead_letters = SqlDeadLetters(conn)
         self.sagas = SqlSagaStore(conn)
@@ -543,6 +543,7 @@ class SqlUnitOfWork:
             await self.reservations.flush()
             await self.read_models.flush()
             await self.outbox.flush()
+            await self.acks.flush()
             await self._conn.commit()
         except Exception as exc:
             if is_connection_problem(exc):
