@@ -42,42 +42,16 @@ async def delete_namespace(
     transport: str, url: str, namespace: str, consumers: Sequence[str]
 ) -> None:
     """Remove the namespace's streams, queues or topics from the broker (best effort)."""
+    from tests.support import namespaces
+
     if transport == "redis":
-        await _delete_redis(url, namespace)
+        await namespaces.delete_redis_namespace(url, namespace)
     elif transport == "amqp":
         await _delete_rabbitmq(url, namespace, consumers)
     elif transport == "nats":
-        from orderly.adapters.transports.nats_jetstream import (  # type: ignore[import-untyped, unused-ignore]
-            NatsJetStreamTransport,
-        )
-
-        nats = NatsJetStreamTransport(url, namespace=namespace)
-        try:
-            await nats.delete_namespace()
-        finally:
-            await nats.close()
+        await namespaces.delete_nats_namespace(url, namespace)
     elif transport == "kafka":
-        from orderly.adapters.transports.kafka import (  # type: ignore[import-untyped, unused-ignore]
-            KafkaTransport,
-        )
-
-        kafka = KafkaTransport(url, namespace=namespace)
-        try:
-            await kafka.delete_namespace()
-        finally:
-            await kafka.close()
-
-
-async def _delete_redis(url: str, namespace: str) -> None:
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{namespace}:*", count=500)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+        await namespaces.delete_kafka_namespace(url, namespace)
 
 
 async def _delete_rabbitmq(url: str, namespace: str, consumers: Sequence[str]) -> None:
