@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.tables import rm_inventory_levels, stock
@@ -56,13 +55,13 @@ async def can_lock(backend: Backend, table: sa.Table, sku: str, warehouse: str) 
         return True
 
 
-async def reserved(conn: AsyncConnection, sku: str, warehouse: str) -> int:
-    return int(
-        await conn.scalar(
-            sa.select(stock.c.reserved).where(stock.c.sku == sku, stock.c.warehouse_id == warehouse)
+async def stock_rows(backend: Backend, *keys: tuple[str, str]) -> dict[str, tuple[int, int]]:
+    """(on hand, reserved) of the given (sku, warehouse) rows, by SKU."""
+    async with backend.container.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(stock).where(sa.tuple_(stock.c.sku, stock.c.warehouse_id).in_(keys))
         )
-        or 0
-    )
+        return {r.sku: (r.on_hand, r.reserved) for r in rows}
 
 
 async def reservation_status(uow: SqlUnitOfWork, order_id: str) -> str | None:
@@ -75,6 +74,8 @@ async def test_a_reservation_locks_its_stock_rows_in_key_order(backend: Backend)
     deadlock cycle with anyone holding PROD-005 and waiting for PROD-003)."""
     engine = backend.container.engine
     picks = [Pick("PROD-005", "WH-AUS", 1), Pick("PROD-003", "WH-AUS", 1)]
+    rows = (("PROD-005", "WH-AUS"), ("PROD-003", "WH-AUS"))
+    before = await stock_rows(backend, *rows)
 
     async def reserve() -> bool:
         async with SqlUnitOfWork(engine) as uow:
@@ -89,9 +90,9 @@ async def test_a_reservation_locks_its_stock_rows_in_key_order(backend: Backend)
         assert not task.done()  # waiting for PROD-003
         assert await can_lock(backend, stock, "PROD-005", "WH-AUS")
     assert await task
-    async with engine.connect() as conn:
-        assert await reserved(conn, "PROD-005", "WH-AUS") == 1
-        assert await reserved(conn, "PROD-003", "WH-AUS") == 1
+    after = await stock_rows(backend, *rows)
+    assert after["PROD-005"][1] == before["PROD-005"][1] + 1
+    assert after["PROD-003"][1] == before["PROD-003"][1] + 1
 
 
 async def test_shipping_holds_the_stock_rows_only_for_the_commit(backend: Backend) -> None:
@@ -101,17 +102,8 @@ async def test_shipping_holds_the_stock_rows_only_for_the_commit(backend: Backen
         await uow.reservations.open("order-ship", NOW + timedelta(minutes=15), NOW)
         assert await uow.reservations.reserve("order-ship", picks, NOW)
         await uow.commit()
-    async with engine.connect() as conn:
-        before = {
-            r.sku: (r.on_hand, r.reserved)
-            for r in await conn.execute(
-                sa.select(stock).where(
-                    sa.tuple_(stock.c.sku, stock.c.warehouse_id).in_(
-                        [("PROD-003", "WH-AUS"), ("PROD-005", "WH-NYC")]
-                    )
-                )
-            )
-        }
+    shipping = (("PROD-003", "WH-AUS"), ("PROD-005", "WH-NYC"))
+    before = await stock_rows(backend, *shipping)
 
     async with SqlUnitOfWork(engine) as uow:
         shipped = await uow.reservations.ship("order-ship", "WH-AUS", NOW)
@@ -124,17 +116,7 @@ async def test_shipping_holds_the_stock_rows_only_for_the_commit(backend: Backen
         assert await can_lock(backend, stock, "PROD-005", "WH-NYC")
         await uow.commit()
 
-    async with engine.connect() as conn:
-        after = {
-            r.sku: (r.on_hand, r.reserved)
-            for r in await conn.execute(
-                sa.select(stock).where(
-                    sa.tuple_(stock.c.sku, stock.c.warehouse_id).in_(
-                        [("PROD-003", "WH-AUS"), ("PROD-005", "WH-NYC")]
-                    )
-                )
-            )
-        }
+    after = await stock_rows(backend, *shipping)
     assert after["PROD-003"] == (before["PROD-003"][0] - 2, before["PROD-003"][1] - 2)
     assert after["PROD-005"] == (before["PROD-005"][0] - 1, before["PROD-005"][1] - 1)
 

@@ -261,23 +261,27 @@ class SqlDeliveryAcks:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
-        self.pending: dict[str, Any] | None = None
+        self._pending: tuple[int, datetime] | None = None
 
     async def acknowledge(self, handle: object, now: datetime) -> None:
         if not isinstance(handle, int):
             raise TypeError(f"not an outbox row id: {handle!r}")
-        params = {"_id": handle, "sent_at": now}
         if self._conn.dialect.name != "postgresql":
-            await direct.execute(self._conn, _ACK_ROW, params)
+            await direct.execute(self._conn, _ACK_ROW, {"_id": handle, "sent_at": now})
             return
         await self.flush()
-        self.pending = params
+        self._pending = (handle, now)
+
+    def take(self) -> tuple[int, datetime] | None:
+        """The waiting acknowledgement (row id, time), which the caller now sends."""
+        pending, self._pending = self._pending, None
+        return pending
 
     async def flush(self) -> None:
         """Run an acknowledgement no inbox insert took (called before the commit)."""
-        pending, self.pending = self.pending, None
+        pending = self.take()
         if pending is not None:
-            await direct.execute(self._conn, _ACK_ROW, pending)
+            await direct.execute(self._conn, _ACK_ROW, {"_id": pending[0], "sent_at": pending[1]})
 
 
 class SqlInbox:
@@ -286,20 +290,18 @@ class SqlInbox:
         self._acks = acks
 
     async def record(self, consumer: str, message_id: str, now: datetime) -> bool:
-        params = {"consumer": consumer, "message_id": message_id, "processed_at": now}
-        pending = self._acks.pending if self._acks is not None else None
-        if pending is None:
+        ack = self._acks.take() if self._acks is not None else None
+        if ack is None:
             statement = _RECORD_PROCESSED[self._conn.dialect.name]
+            params = {"consumer": consumer, "message_id": message_id, "processed_at": now}
         else:
-            assert self._acks is not None
-            self._acks.pending = None
             statement = _ACK_AND_RECORD
             params = {
                 "_consumer": consumer,
                 "_message": message_id,
                 "_at": now,
-                "_id": pending["_id"],
-                "_sent_at": pending["sent_at"],
+                "_id": ack[0],
+                "_sent_at": ack[1],
             }
         return (await direct.execute(self._conn, statement, params)).first() is not None
 
