@@ -9,6 +9,7 @@ in that window is counted too.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import time
@@ -16,26 +17,68 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 
-PG = "postgres@127.0.0.1:5432"
-ADMIN_DSN = f"postgresql://{PG}/postgres"
+SOCKET_DIRECTORY = "/var/run/postgresql"
+TCP_HOST = "127.0.0.1"
 INTAKE_TABLES = ("idempotency_keys", "orders", "order_lines", "order_events", "outbox_messages")
 TUPLE_COUNTERS = ("n_tup_ins", "n_tup_upd", "n_tup_del", "n_tup_hot_upd")
 ORDERLY = str(Path(sys.executable).with_name("orderly"))
 
 
+def default_host() -> str:
+    """The local server's Unix socket directory if it has one, else 127.0.0.1.
+
+    A database on the same machine is reached through its socket: on this project's 2-core
+    machines a round trip over loopback TCP cost the worker and PostgreSQL about a quarter more
+    CPU (bench/README.md, "Saga").
+    """
+    if Path(SOCKET_DIRECTORY, ".s.PGSQL.5432").exists():
+        return SOCKET_DIRECTORY
+    return TCP_HOST
+
+
+_host = default_host()
+
+
+def use_host(host: str) -> None:
+    """Connect every benchmark connection to ``host``: 127.0.0.1, or a socket directory."""
+    global _host
+    if host not in (TCP_HOST, "localhost") and not host.startswith("/"):
+        raise ValueError(f"{host!r}: only 127.0.0.1 or a local socket directory")
+    _host = host
+
+
+def host() -> str:
+    return _host
+
+
+def connection_kind() -> str:
+    return f"unix socket {_host}" if _host.startswith("/") else f"tcp {_host}:5432"
+
+
 def dsn(database: str) -> str:
-    return f"postgresql://{PG}/{database}"
+    return _url("postgresql", database)
 
 
 def sqlalchemy_url(database: str) -> str:
-    return f"postgresql+asyncpg://{PG}/{database}"
+    return _url("postgresql+asyncpg", database)
+
+
+def _url(scheme: str, database: str) -> str:
+    if _host.startswith("/"):
+        return f"{scheme}://postgres@/{database}?host={quote(_host)}"
+    return f"{scheme}://postgres@{_host}:5432/{database}"
+
+
+def admin_dsn() -> str:
+    return dsn("postgres")
 
 
 async def _admin(statement: str) -> None:
-    conn = await asyncpg.connect(ADMIN_DSN)
+    conn = await asyncpg.connect(admin_dsn())
     try:
         await conn.execute(statement)
     finally:
@@ -72,7 +115,7 @@ async def tokens(users: list[str], env: Mapping[str, str]) -> list[str]:
 
 
 async def server_version() -> str:
-    conn = await asyncpg.connect(ADMIN_DSN)
+    conn = await asyncpg.connect(admin_dsn())
     try:
         return str(await conn.fetchval("SHOW server_version"))
     finally:
@@ -144,7 +187,7 @@ async def write_snapshot(database: str) -> WriteSnapshot:
 
 
 async def wal_bytes_between(start_lsn: str, end_lsn: str) -> int:
-    conn = await asyncpg.connect(ADMIN_DSN)
+    conn = await asyncpg.connect(admin_dsn())
     try:
         diff = await conn.fetchval(
             "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)", end_lsn, start_lsn
@@ -155,7 +198,7 @@ async def wal_bytes_between(start_lsn: str, end_lsn: str) -> int:
 
 
 async def current_wal_lsn() -> str:
-    conn = await asyncpg.connect(ADMIN_DSN)
+    conn = await asyncpg.connect(admin_dsn())
     try:
         return str(await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
     finally:
@@ -176,3 +219,19 @@ def write_delta(before: WriteSnapshot, after: WriteSnapshot, wal_bytes: int) -> 
         "xids_assigned": after.next_xid - before.next_xid,
         "key_sequence_advanced": after.key_sequence - before.key_sequence,
     }
+
+
+def add_host_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pg-host",
+        default=None,
+        help=f"PostgreSQL: 127.0.0.1 or a socket directory (default {default_host()})",
+    )
+
+
+def apply_host_option(parser: argparse.ArgumentParser, given: str | None) -> None:
+    if given is not None:
+        try:
+            use_host(given)
+        except ValueError as exc:
+            parser.error(f"--pg-host {exc}")

@@ -177,9 +177,11 @@ def markdown(document: Doc) -> str:
     apps: dict[str, Doc] = document["apps"]
     names = list(apps)
     options, machine = document["options"], document["machine"]
+    connection = machine.get("postgresql_connection", "tcp 127.0.0.1:5432")
     lines = [
         f"Intake benchmark {document['started']}: {machine['cores']} cores "
-        f"({machine['cpu_model']}), PostgreSQL {machine['postgresql']}, orderly "
+        f"({machine['cpu_model']}), PostgreSQL {machine['postgresql']} "
+        f"(over {connection}), orderly "
         f"{document['commit']}; the load generator, the server and the database share the cores.",
         f"Closed loop {options['connections']} connections x {options['duration']:g} s "
         f"(after {options['warmup']:g} s warm-up); open loop {options['rate']:g} orders/s x "

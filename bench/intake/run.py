@@ -166,11 +166,13 @@ def parse_args(argv: list[str] | None) -> Options:
         default=30.0,
         help="wait up to this long for other CPU load to stop before each app (default 30 s)",
     )
+    database.add_host_option(p)
     args = p.parse_args(argv)
+    database.apply_host_option(p, args.pg_host)
     apps = tuple(a.strip() for a in args.apps.split(",") if a.strip())
     if not apps or set(apps) - set(APPS):
         p.error(f"--apps takes a comma-separated subset of {', '.join(APPS)}")
-    fields = {k: v for k, v in vars(args).items() if k != "apps"}
+    fields = {k: v for k, v in vars(args).items() if k not in ("apps", "pg_host")}
     return Options(apps=apps, **fields)
 
 
@@ -377,6 +379,7 @@ def machine(pg_version: str) -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "postgresql": pg_version,
+        "postgresql_connection": database.connection_kind(),
         "packages": {name: metadata.version(name) for name in packages},
     }
 

@@ -218,9 +218,11 @@ def orders_table(document: Doc) -> list[str]:
 
 def markdown(document: Doc) -> str:
     machine = document["machine"]
+    connection = machine.get("postgresql_connection", "tcp 127.0.0.1:5432")
     lines = [
         f"Pipeline benchmark {document['started']}: {machine['cores']} cores "
-        f"({machine['cpu_model']}), PostgreSQL {machine['postgresql']}, orderly "
+        f"({machine['cpu_model']}), PostgreSQL {machine['postgresql']} "
+        f"(over {connection}), orderly "
         f"{document['commit']}; producer, load generator, processes, brokers and database "
         "share the cores.",
         "",

@@ -199,7 +199,9 @@ def parse_args(argv: list[str] | None) -> Options:
         default=30.0,
         help="wait up to this long for other CPU load to stop before each part (default 30 s)",
     )
+    database.add_host_option(p)
     a = p.parse_args(argv)
+    database.apply_host_option(p, a.pg_host)
     return Options(
         transports=_choices(p, a.transports, TRANSPORTS, "--transports"),
         order_variants=_choices(p, a.order_variants, VARIANTS, "--order-variants"),

@@ -303,10 +303,15 @@ def _summary_rows(document: Doc) -> list[tuple[str, list[str]]]:
     return rows
 
 
+def _setting(document: Doc) -> str:
+    connection = document["machine"].get("postgresql_connection", "tcp 127.0.0.1:5432")
+    return f"orderly {document['commit']}, PostgreSQL over {connection}"
+
+
 def print_rich(document: Doc, console: Console | None = None) -> None:
     console = console or Console()
     names = list(document["transports"])
-    table = Table(title=f"Saga benchmark {document['started']} (orderly {document['commit']})")
+    table = Table(title=f"Saga benchmark {document['started']} ({_setting(document)})")
     table.add_column("measurement")
     for name in names:
         table.add_column(name, justify="right")
@@ -325,6 +330,8 @@ def print_rich(document: Doc, console: Console | None = None) -> None:
 def markdown(document: Doc) -> str:
     names = list(document["transports"])
     lines = [
+        f"Saga benchmark {document['started']} ({_setting(document)})",
+        "",
         "| measurement | " + " | ".join(names) + " |",
         "|---" * (len(names) + 1) + "|",
     ]

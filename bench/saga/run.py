@@ -188,7 +188,9 @@ def parse_args(argv: list[str] | None) -> Options:
         help="run the workers under cProfile (slower); summarise where their CPU went",
     )
     p.add_argument("--markdown", action="store_true", help="print markdown tables, not rich")
+    database.add_host_option(p)
     a = p.parse_args(argv)
+    database.apply_host_option(p, a.pg_host)
     chosen = tuple(t.strip() for t in a.transports.split(",") if t.strip())
     if not chosen or set(chosen) - set(TRANSPORTS) or len(set(chosen)) != len(chosen):
         p.error(f"--transports takes a comma-separated subset of {','.join(TRANSPORTS)}")

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -18,10 +20,11 @@ from orderly.adapters.db.engine import create_engine, dispose_engine
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.outbox_queue import OutboxQueue
 from orderly.adapters.db.postgres import PgUnitOfWork
+from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.tables import outbox_messages
 from orderly.domain.events import Message
 from orderly.services.ports import StorageUnavailable
-from tests.conftest import Backend
+from tests.conftest import Backend, service_missing
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 
@@ -121,4 +124,42 @@ async def test_a_connection_lost_at_the_begin_is_reported_as_unavailable(backend
             # The pool then hands out a working connection.
             assert await queue.claim({"test.message"}, 10, lease=30) == []
     finally:
+        await dispose_engine(engine)
+
+
+PG_SOCKET_DIRECTORY = os.environ.get("ORDERLY_TEST_PG_SOCKET", "/var/run/postgresql")
+
+
+async def test_a_unix_socket_url_serves_requests_the_worker_and_listen(backend: Backend) -> None:
+    """``?host=<socket directory>`` (how a database on the same machine is best reached:
+    bench/README.md, "Saga") works for every kind of connection orderly makes: the request
+    path's unit of work, the worker's, and the LISTEN connection that wakes the consumers."""
+    if not Path(PG_SOCKET_DIRECTORY, ".s.PGSQL.5432").exists():
+        service_missing("PostgreSQL's Unix socket", FileNotFoundError(PG_SOCKET_DIRECTORY))
+    url = backend.container.engine.url.set(
+        host=None, port=None, query={"host": PG_SOCKET_DIRECTORY}
+    )
+    engine = create_engine(url.render_as_string(hide_password=False), pool_size=2)
+    queue = OutboxQueue(engine, clock=backend.clock, worker_id="t")
+    await queue.start()
+    try:
+        placed, handled = message(), message()
+        woken = queue.waiter({placed.type})
+        async with PgUnitOfWork(engine) as request:
+            await request.outbox.add(placed)
+            await request.commit()
+        # Only NOTIFY can wake this waiter: the commit came through no in-process signal.
+        await asyncio.wait_for(woken.wait(), timeout=2)
+        async with SqlUnitOfWork(engine) as uow:
+            await uow.outbox.add(handled)
+            await uow.commit()
+        async with engine.connect() as conn:
+            # A socket client has no address; a TCP one has 127.0.0.1.
+            address = await conn.scalar(
+                sa.text("SELECT client_addr FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+            )
+        assert address is None
+        assert await stored(backend, [placed.id, handled.id]) == {placed.id, handled.id}
+    finally:
+        await queue.stop()
         await dispose_engine(engine)
