@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -136,6 +136,7 @@ class _Unsupported(Exception):
 
 
 _CACHE_ATTRIBUTE = "_orderly_direct"
+_T = TypeVar("_T")
 
 
 async def execute(
@@ -163,6 +164,20 @@ async def execute(
     return await _guarded(sync, _execute_one(sync, compiled, compiled.arguments(one)))
 
 
+async def fetch_row(conn: AsyncConnection, sql: str, arguments: Sequence[Any]) -> Any:
+    """PostgreSQL: run ``sql`` (text with ``$n`` parameters, prepared once per connection by
+    the driver's statement cache) in the connection's transaction; its first row."""
+    sync = conn.sync_connection
+    if sync is None or sync.dialect.name != "postgresql" or not sync.in_transaction():
+        raise RuntimeError("fetch_row runs on PostgreSQL, inside a transaction")
+    return await _guarded(sync, _fetch_row(sync, sql, arguments))
+
+
+async def _fetch_row(sync: Connection, sql: str, arguments: Sequence[Any]) -> Any:
+    driver = await _driver(sync)
+    return await driver.fetchrow(sql, *arguments)
+
+
 async def _execute_many(sync: Connection, compiled: _Compiled, many: list[list[Any]]) -> Rows:
     driver = await _driver(sync)
     await driver.executemany(compiled.sql, many)
@@ -179,7 +194,7 @@ async def _execute_one(sync: Connection, compiled: _Compiled, arguments: list[An
     return Rows([], int(count) if count.isdigit() else -1)
 
 
-async def _guarded(sync: Connection, work: Awaitable[Rows]) -> Rows:
+async def _guarded(sync: Connection, work: Awaitable[_T]) -> _T:
     """Run ``work``; if it is interrupted (a handler's timeout, a shutdown), drop the connection.
 
     A cancellation can land anywhere in the driver's exchange, even inside the BEGIN, after

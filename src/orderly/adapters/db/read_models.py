@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderly.adapters.db import direct
+from orderly.adapters.db.batch import CommitBatch, Insert
 from orderly.adapters.db.engine import READ_ONLY, dialect_insert, prepared
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.tables import (
@@ -194,6 +195,24 @@ class SqlReadModels:
         for (table_name, _), row in sorted(dirty.items(), key=lambda item: item[0]):
             table = _ORDER_TABLES[table_name]
             await direct.execute(self._conn, _guarded_upsert(self._conn, table, row), row)
+        await self.flush_levels()
+
+    def flush_into(self, batch: CommitBatch) -> None:
+        """The order rows of :meth:`flush` as writes of ``batch`` (PostgreSQL's commit, which
+        then calls :meth:`flush_levels`)."""
+        dirty, self._dirty = self._dirty, {}
+        by_table: dict[str, list[dict[str, Any]]] = {}
+        for (table_name, _), row in sorted(dirty.items(), key=lambda item: item[0]):
+            by_table.setdefault(table_name, []).append(row)
+        for table_name, rows in by_table.items():
+            upsert = Insert.of(
+                _ORDER_TABLES[table_name], rows, conflict=("order_id",), guard="version"
+            )
+            batch.add(upsert, rows)
+
+    async def flush_levels(self) -> None:
+        """The stock level increments, in key order (so two transactions never wait on each
+        other's level rows)."""
         levels, self._levels = self._levels, {}
         rows = [levels[key] for key in sorted(levels)]
         if rows:

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderly.adapters.db import direct
+from orderly.adapters.db.batch import CommitBatch, Insert
 from orderly.adapters.db.engine import dialect_insert, writer_gate
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.message_repositories import (
@@ -241,6 +242,28 @@ class SqlOutbox:
                 self.claimed_rows[message.id] = int(
                     await direct.scalar(self._conn, _INSERT_CLAIMED, row)
                 )
+
+    def flush_into(self, batch: CommitBatch) -> None:
+        """:meth:`flush` as a write of ``batch`` (PostgreSQL's commit): every message in one
+        insert, the claimed ones with their claim; their rows' ids come back."""
+        written, claims = self.added(), self._claims
+        self._pending, self._handed, self._claims = [], set(), {}
+        self.claimed_rows = {}
+        if not written:
+            return
+        self.unsent_types.update(m.type for m in written if m.id not in claims)
+        rows = []
+        for message in written:
+            owner, until = claims.get(message.id, (None, None))
+            rows.append({**self._row(message), "claimed_by": owner, "claimed_until": until})
+
+        def claimed(returned: list[tuple[Any, ...]]) -> None:
+            self.claimed_rows = {
+                message_id: int(row_id) for message_id, row_id in returned if message_id in claims
+            }
+
+        write = Insert.of(outbox_messages, rows, returning=("message_id", "id") if claims else ())
+        batch.add(write, rows, claimed)
 
     @staticmethod
     def _row(message: Message) -> dict[str, Any]:
@@ -533,16 +556,36 @@ class SqlUnitOfWork:
         if broken and exc is not None:
             raise StorageUnavailable(str(exc)) from exc
 
+    async def _flush_in_statements(self) -> None:
+        """What the repositories buffered, a statement per kind of row, in the order the rows
+        depend on each other (SQLite, where a statement costs no round trip)."""
+        await self.order_stream.flush()
+        await self.sagas.flush()
+        await self.reservations.flush()
+        await self.read_models.flush()
+        await self.outbox.flush()
+
+    async def _flush_batched(self, conn: AsyncConnection) -> None:
+        """What the repositories buffered, on PostgreSQL: the writes nothing orders in one
+        statement (adapters/db/batch.py), then the stock rows and inventory levels, each in
+        key order and last, so the rows every order of a SKU wants are held the shortest."""
+        batch = CommitBatch()
+        self.order_stream.flush_into(batch)
+        self.sagas.flush_into(batch)
+        self.read_models.flush_into(batch)
+        self.outbox.flush_into(batch)
+        await batch.execute(conn)
+        await self.reservations.flush()
+        await self.read_models.flush_levels()
+
     async def commit(self) -> None:
         if self._conn is None:
             raise RuntimeError("commit() outside the unit of work")
         try:
-            # What the repositories buffered, in the order the rows depend on each other.
-            await self.order_stream.flush()
-            await self.sagas.flush()
-            await self.reservations.flush()
-            await self.read_models.flush()
-            await self.outbox.flush()
+            if self._conn.dialect.name == "postgresql":
+                await self._flush_batched(self._conn)
+            else:
+                await self._flush_in_statements()
             await self.acks.flush()
             await self._conn.commit()
         except Exception as exc:

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orderly.adapters.db import direct
+from orderly.adapters.db.batch import CommitBatch, Insert, VersionedUpdate
 from orderly.adapters.db.engine import dialect_insert, prepared
 from orderly.adapters.db.tables import (
     fraud_reviews,
@@ -183,6 +184,24 @@ class SqlSagaStore:
         if entries:
             await direct.execute(self._conn, _INSERT_SAGA_LOG, entries)
 
+    def flush_into(self, batch: CommitBatch) -> None:
+        """:meth:`flush`, as writes of ``batch`` (PostgreSQL's commit)."""
+        stored, self._stored_version = self._stored_version, {}
+        rows = [
+            {"id": saga_id, "_previous": previous, **self._row(self._held[saga_id])}
+            for saga_id, previous in sorted(stored.items())
+        ]
+
+        def check(updated: list[tuple[Any, ...]]) -> None:
+            moved = set(stored) - {saga_id for (saga_id,) in updated}
+            if moved:
+                raise RuntimeError(f"saga {min(moved)} moved under a transaction that held it")
+
+        if rows:
+            batch.add(VersionedUpdate.of(sagas, "id", "version", rows), rows, check)
+        entries, self._log = self._log, []
+        batch.add(Insert.of(saga_log, entries), entries)
+
     async def due(self, now: datetime, limit: int) -> list[str]:
         rows = await self._conn.execute(
             sa.select(sagas.c.id)
@@ -280,6 +299,11 @@ class SqlOrderStream:
         events, self._events = self._events, []
         if events:
             await direct.execute(self._conn, _INSERT_EVENTS, events)
+
+    def flush_into(self, batch: CommitBatch) -> None:
+        """:meth:`flush`, as a write of ``batch`` (PostgreSQL's commit)."""
+        events, self._events = self._events, []
+        batch.add(Insert.of(order_events, events), events)
 
     async def facts(self, order_id: str) -> OrderFacts | None:
         known = self._facts.get(order_id)

@@ -1,0 +1,219 @@
+"""The writes a unit of work buffers until commit, sent to PostgreSQL as one statement.
+
+A message handler's transaction ends with half a dozen writes that nothing in it reads back:
+the order's new events, the saga's save and its log, the order's read-model rows and the outbox
+messages. Each was a statement of its own, and every statement is a round trip: its CPU on
+both sides (the driver, the socket, PostgreSQL's per-statement work) was most of what an order
+costs (bench/README.md, "Saga"). :class:`CommitBatch` sends them as one statement, each write
+a data-modifying CTE whose rows come from array parameters::
+
+    WITH w0 AS (INSERT INTO order_events (order_id, ...)
+                SELECT * FROM unnest($1::VARCHAR(36)[], ...)),
+         w1 AS (UPDATE sagas AS t SET ... FROM unnest(...) AS u(...)
+                WHERE t.id = u._key AND t.version = u._previous RETURNING t.id)
+    SELECT (SELECT array_agg(id ORDER BY id) FROM w1)
+
+The SQL is written from the tables' metadata (identifiers quoted by the dialect); every value
+is a parameter.
+
+The parameters are one array per column, so a statement's text depends only on which kinds of
+write it carries, not on how many rows: PostgreSQL prepares each shape once per connection.
+The sub-statements run with one snapshot and in no set order, so only writes that do not depend
+on each other go here, and no write whose row locks must be taken in a set order (stock rows
+and inventory levels stay statements of their own, applied in key order).
+
+SQLite keeps the separate statements (a local call costs no round trip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orderly.adapters.db import direct
+
+Rows = Sequence[Mapping[str, Any]]
+Returned = list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class Insert:
+    """``INSERT INTO table (columns)`` the rows; with ``guard``, an existing row (same
+    ``conflict`` key) is overwritten only where its ``guard`` column is lower than the new
+    row's (the read models' versions)."""
+
+    table: sa.Table
+    columns: tuple[str, ...]
+    conflict: tuple[str, ...] = ()
+    guard: str | None = None
+    returning: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, table: sa.Table, rows: Rows, **options: Any) -> Insert:
+        """The insert of ``rows`` (the columns of the first; all rows have the same)."""
+        return cls(table, tuple(rows[0]) if rows else (), **options)
+
+    def parameters(self) -> tuple[str, ...]:
+        return self.columns
+
+    single = False  # rows always come as arrays
+
+    def sql(self, name: str, values: list[str], quote: Callable[[str], str]) -> str:
+        table = quote(self.table.name)
+        columns = ", ".join(quote(c) for c in self.columns)
+        arrays = ", ".join(values)
+        text = f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})"  # noqa: S608
+        if self.conflict:
+            keys = ", ".join(quote(c) for c in self.conflict)
+            sets = ", ".join(
+                f"{quote(c)} = excluded.{quote(c)}" for c in self.columns if c not in self.conflict
+            )
+            text += f" ON CONFLICT ({keys}) DO UPDATE SET {sets}"
+            if self.guard is not None:
+                text += f" WHERE {table}.{quote(self.guard)} < excluded.{quote(self.guard)}"
+        if self.returning:
+            text += " RETURNING " + ", ".join(quote(c) for c in self.returning)
+        return f"{name} AS ({text})"
+
+
+@dataclass(frozen=True)
+class VersionedUpdate:
+    """``UPDATE table SET columns`` of the row whose ``key`` is the row's ``key`` and whose
+    ``version`` column is still the row's ``_previous``; returns the keys it updated (a key
+    missing from them was moved by someone else).
+
+    One row (the usual case) is updated by its key with plain parameters: a join with
+    ``unnest`` would be planned for the 100 rows PostgreSQL assumes an array parameter holds,
+    which on a table of any size is a sequential scan.
+    """
+
+    table: sa.Table
+    key: str
+    version: str
+    columns: tuple[str, ...]
+    single: bool
+
+    @classmethod
+    def of(cls, table: sa.Table, key: str, version: str, rows: Rows) -> VersionedUpdate:
+        """The update of ``rows``: each has ``key``, ``_previous`` and the columns to set."""
+        columns = tuple(c for c in rows[0] if c not in (key, "_previous"))
+        return cls(table, key, version, columns, single=len(rows) == 1)
+
+    @property
+    def returning(self) -> tuple[str, ...]:
+        return (self.key,)
+
+    def parameters(self) -> tuple[str, ...]:
+        return (self.key, "_previous", *self.columns)
+
+    def sql(self, name: str, values: list[str], quote: Callable[[str], str]) -> str:
+        table, key, version = quote(self.table.name), quote(self.key), quote(self.version)
+        if self.single:
+            sets = ", ".join(
+                f"{quote(c)} = {value}" for c, value in zip(self.columns, values[2:], strict=True)
+            )
+            return (
+                f"{name} AS (UPDATE {table} SET {sets} "  # noqa: S608
+                f"WHERE {key} = {values[0]} AND {version} = {values[1]} RETURNING {key})"
+            )
+        given = ", ".join(quote(f"new_{c}") for c in self.columns)
+        sets = ", ".join(f"{quote(c)} = u.{quote('new_' + c)}" for c in self.columns)
+        return (
+            f"{name} AS (UPDATE {table} AS t SET {sets} "  # noqa: S608
+            f"FROM unnest({', '.join(values)}) AS u(_key, _previous, {given}) "
+            f"WHERE t.{key} = u._key AND t.{version} = u._previous "
+            f"RETURNING t.{key})"
+        )
+
+
+Write = Insert | VersionedUpdate
+
+
+@dataclass(frozen=True)
+class _Shape:
+    sql: str
+    # Per parameter (an array of the rows' values, or a single row's value): the write it
+    # belongs to, the row key and the bind processor.
+    arrays: tuple[tuple[int, str, Callable[[Any], Any] | None], ...]
+
+
+_SHAPES: dict[tuple[Write, ...], _Shape] = {}
+
+
+def _shape(conn: AsyncConnection, writes: tuple[Write, ...]) -> _Shape:
+    known = _SHAPES.get(writes)
+    if known is not None:
+        return known
+    dialect = conn.dialect
+    quote = dialect.identifier_preparer.quote
+    ctes: list[str] = []
+    outputs: list[str] = []
+    arrays: list[tuple[int, str, Callable[[Any], Any] | None]] = []
+    for index, write in enumerate(writes):
+        placeholders = []
+        for parameter in write.parameters():
+            column = write.table.c.get(parameter)
+            if column is None:  # "_previous", the version a VersionedUpdate expects
+                column = write.table.c[write.version]  # type: ignore[union-attr]
+            arrays.append((index, parameter, column.type._cached_bind_processor(dialect)))
+            kind = column.type.compile(dialect=dialect)
+            placeholders.append(f"${len(arrays)}::{kind}" + ("" if write.single else "[]"))
+        ctes.append(write.sql(f"w{index}", placeholders, quote))
+        if write.returning:
+            order = quote(write.returning[0])
+            outputs.extend(
+                f"(SELECT array_agg({quote(c)} ORDER BY {order}) FROM w{index})"  # noqa: S608
+                for c in write.returning
+            )
+    select = "SELECT " + (", ".join(outputs) if outputs else "1")
+    shape = _SHAPES[writes] = _Shape("WITH " + ", ".join(ctes) + " " + select, tuple(arrays))
+    return shape
+
+
+class CommitBatch:
+    """Writes gathered by the repositories at commit, then :meth:`execute`d as one statement;
+    each write's ``on_returned`` gets the rows its RETURNING gave back."""
+
+    def __init__(self) -> None:
+        self._writes: list[tuple[Write, Rows, Callable[[Returned], None] | None]] = []
+
+    def add(
+        self, write: Write, rows: Rows, on_returned: Callable[[Returned], None] | None = None
+    ) -> None:
+        if rows:
+            self._writes.append((write, rows, on_returned))
+
+    def __bool__(self) -> bool:
+        return bool(self._writes)
+
+    async def execute(self, conn: AsyncConnection) -> None:
+        writes, self._writes = self._writes, []
+        if not writes:
+            return
+        shape = _shape(conn, tuple(w for w, _, _ in writes))
+        arguments = [
+            _values(writes[index][0], writes[index][1], name, process)
+            for index, name, process in shape.arrays
+        ]
+        record = await direct.fetch_row(conn, shape.sql, arguments)
+        column = 0
+        for write, _, on_returned in writes:
+            if not write.returning:
+                continue
+            returned = [record[column + i] or [] for i in range(len(write.returning))]
+            column += len(write.returning)
+            if on_returned is not None:
+                on_returned(list(zip(*returned, strict=True)))
+
+
+def _values(write: Write, rows: Rows, name: str, process: Callable[[Any], Any] | None) -> Any:
+    values = [
+        value if process is None or value is None else process(value)
+        for row in rows
+        for value in (row[name],)
+    ]
+    return values[0] if write.single else values
