@@ -16,9 +16,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orderly.adapters.db.tables import order_events, rm_order_history, saga_log, sagas
+from orderly.adapters.db.tables import (
+    order_events,
+    payment_operations,
+    rm_order_history,
+    saga_log,
+    sagas,
+    stock,
+    stock_ledger,
+)
 from orderly.domain.saga import LogEntry, SagaState, SagaStatus, StepStatus
-from orderly.services.saga_ports import NewOrderEvent
+from orderly.services.saga_ports import NewOrderEvent, PaymentOperation, ReservedLine
 from tests.conftest import Backend, bearer
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -156,3 +164,42 @@ async def test_order_events_appended_in_a_transaction_are_read_back_by_its_proje
         ),
     )
     assert (history.version, history.status) == (3, "RESERVED")
+
+
+async def test_ledger_entries_and_payment_operations_are_written_by_the_commit_only(
+    backend: Backend, client: Any
+) -> None:
+    """Both logs are buffered until commit (on PostgreSQL they go in the commit's one
+    statement): a commit writes each entry once, with the stock move it records; a rollback
+    writes neither."""
+    placed = await client.post(
+        "/api/orders",
+        json={"items": [{"sku": "PROD-003", "quantity": 1}], "paymentMethod": "pm_card_visa"},
+        headers={**bearer(backend, "alice"), "Idempotency-Key": "k-logs"},
+    )
+    assert placed.status_code == 202, placed.text
+    order_id = placed.json()["orderId"]
+    ledger = sa.select(stock_ledger.c.kind, stock_ledger.c.on_hand_delta).where(
+        stock_ledger.c.order_id == order_id
+    )
+    operations = sa.select(payment_operations.c.kind, payment_operations.c.amount_minor).where(
+        payment_operations.c.order_id == order_id
+    )
+    on_hand = sa.select(stock.c.on_hand).where(
+        stock.c.sku == "PROD-003", stock.c.warehouse_id == "WH-NYC"
+    )
+    [(before,)] = await stored(backend, on_hand)
+
+    for commit in (False, True):
+        async with backend.container.message_uow() as uow:
+            await uow.reservations.restock(order_id, [ReservedLine("PROD-003", "WH-NYC", 2)], T0)
+            operation = PaymentOperation(
+                order_id, "refund", f"k-{commit}", 500, True, "r", None, None
+            )
+            await uow.payments.record(operation, T0)
+            if commit:
+                await uow.commit()
+
+    assert [tuple(r) for r in await stored(backend, ledger)] == [("restock", 2)]
+    assert [tuple(r) for r in await stored(backend, operations)] == [("refund", 500)]
+    assert await stored(backend, on_hand) == [(before + 2,)]

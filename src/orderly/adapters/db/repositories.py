@@ -562,16 +562,21 @@ class SqlUnitOfWork:
         await self.order_stream.flush()
         await self.sagas.flush()
         await self.reservations.flush()
+        await self.payments.flush()
         await self.read_models.flush()
         await self.outbox.flush()
 
     async def _flush_batched(self, conn: AsyncConnection) -> None:
-        """What the repositories buffered, on PostgreSQL: the writes nothing orders in one
-        statement (adapters/db/batch.py), then the stock rows and inventory levels, each in
-        key order and last, so the rows every order of a SKU wants are held the shortest."""
+        """What the repositories buffered, on PostgreSQL: the writes nothing orders (events,
+        sagas and their log, stock ledger, payment operations, order read-model rows, outbox)
+        in one statement (adapters/db/batch.py), then the stock rows and inventory levels,
+        each in key order and last, so the rows every order of a SKU wants are held the
+        shortest."""
         batch = CommitBatch()
         self.order_stream.flush_into(batch)
         self.sagas.flush_into(batch)
+        self.reservations.flush_into(batch)
+        self.payments.flush_into(batch)
         self.read_models.flush_into(batch)
         self.outbox.flush_into(batch)
         await batch.execute(conn)

@@ -424,14 +424,23 @@ def stock_changed_payload(changes: Sequence[JSON], now: datetime) -> JSON:
 
 
 async def record_stock_changes(
-    conn: AsyncConnection, changes: Sequence[JSON], now: datetime, outbox: Outbox | None = None
+    conn: AsyncConnection,
+    changes: Sequence[JSON],
+    now: datetime,
+    outbox: Outbox | None = None,
+    ledger: list[JSON] | None = None,
 ) -> None:
-    """Ledger entries for ``changes`` and one message for the inventory read model, added to
+    """Ledger entries for ``changes`` (written now, or added to ``ledger``, a unit of work's
+    buffer written at commit) and one message for the inventory read model, added to
     ``outbox`` (the unit of work's, so a consumer in the same worker may take it at once) or
     else written straight to the table."""
     if not changes:
         return
-    await direct.execute(conn, _INSERT_LEDGER, [{**c, "at": now} for c in changes])
+    entries = [{**c, "at": now} for c in changes]
+    if ledger is not None:
+        ledger.extend(entries)
+    else:
+        await direct.execute(conn, _INSERT_LEDGER, entries)
     key = changes[0]["order_id"] or changes[0]["sku"]
     if outbox is not None:
         await outbox.add(
@@ -538,10 +547,21 @@ class SqlReservations:
         self._conn = conn
         self._outbox = outbox
         self._shipped: dict[tuple[str, str], int] = {}
+        self._ledger: list[JSON] = []  # stock ledger entries, written at commit
+
+    def flush_into(self, batch: CommitBatch) -> None:
+        """The ledger entries of :meth:`flush` as a write of ``batch`` (PostgreSQL's commit,
+        which then calls :meth:`flush` for the stock rows)."""
+        entries, self._ledger = self._ledger, []
+        if entries:
+            batch.add(Insert.of(stock_ledger, entries), entries)
 
     async def flush(self) -> None:
-        """Apply the shipped units to the stock rows (called by the unit of work before it
-        commits)."""
+        """Write the ledger entries, then apply the shipped units to the stock rows (called by
+        the unit of work before it commits)."""
+        entries, self._ledger = self._ledger, []
+        if entries:
+            await direct.execute(self._conn, _INSERT_LEDGER, entries)
         shipped, self._shipped = self._shipped, {}
         if shipped:
             await direct.execute(
@@ -622,6 +642,7 @@ class SqlReservations:
             ],
             now,
             self._outbox,
+            self._ledger,
         )
         return True
 
@@ -708,6 +729,7 @@ class SqlReservations:
             ],
             now,
             self._outbox,
+            self._ledger,
         )
         return held
 
@@ -733,6 +755,7 @@ class SqlReservations:
             ],
             now,
             self._outbox,
+            self._ledger,
         )
         return held
 
@@ -751,6 +774,7 @@ class SqlReservations:
             ],
             now,
             self._outbox,
+            self._ledger,
         )
 
     async def expiring(self, now: datetime, limit: int) -> list[str]:
@@ -780,8 +804,22 @@ def _put_payment(conn: AsyncConnection) -> Any:
 
 
 class SqlPaymentRecords:
+    """Payments and the log of gateway operations; the log, which nothing reads back in the
+    transaction, is written at commit."""
+
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self._operations: list[JSON] = []
+
+    def flush_into(self, batch: CommitBatch) -> None:
+        operations, self._operations = self._operations, []
+        if operations:
+            batch.add(Insert.of(payment_operations, operations), operations)
+
+    async def flush(self) -> None:
+        operations, self._operations = self._operations, []
+        if operations:
+            await direct.execute(self._conn, _INSERT_PAYMENT_OPERATION, operations)
 
     async def get(self, order_id: str) -> PaymentRecord | None:
         row = (await direct.execute(self._conn, _PAYMENT, {"_order": order_id})).one_or_none()
@@ -838,9 +876,7 @@ class SqlPaymentRecords:
         return inserted is not None
 
     async def record(self, operation: PaymentOperation, now: datetime) -> None:
-        await direct.execute(
-            self._conn,
-            _INSERT_PAYMENT_OPERATION,
+        self._operations.append(
             {
                 "order_id": operation.order_id,
                 "kind": operation.kind,
