@@ -26,6 +26,7 @@ from orderly.services.projections import (
     fold_order_history,
     fold_stock_levels,
     has_gap,
+    needs_earlier_events,
     newer_events,
     parse_time,
     projections_handler,
@@ -156,6 +157,7 @@ def test_nothing_to_fold_is_no_row() -> None:
 def test_every_status(tail: list[StreamEvent], status: str, reason: str | None) -> None:
     row = history([placed(), *tail])
     assert (row["status"], row["failure_reason"], row["version"]) == (status, reason, len(tail) + 1)
+    assert history(tail) == row  # a new row may start after order.placed
 
 
 def test_a_legacy_failure_carries_its_reason() -> None:
@@ -248,6 +250,24 @@ def test_gaps() -> None:
     assert has_gap(0, newer_events(stream[1:3], 0))  # no order.placed yet
     assert has_gap(2, newer_events([stream[2], stream[4]], 2))
     assert not has_gap(5, [])
+
+
+def test_a_new_row_may_start_after_order_placed_but_not_later() -> None:
+    stream = confirmed_stream()
+    assert not needs_earlier_events(0, newer_events(stream[1:4], 0))  # versions 2-4
+    assert needs_earlier_events(0, newer_events(stream[2:4], 0))  # 3-4: 2 is missing
+    assert needs_earlier_events(0, newer_events([stream[1], stream[3]], 0))  # 2 and 4
+    assert not needs_earlier_events(0, newer_events(stream, 0))
+    assert needs_earlier_events(2, newer_events(stream[3:5], 2))
+    assert not needs_earlier_events(3, newer_events(stream[3:5], 3))
+
+
+@pytest.mark.parametrize("upto", range(2, 9))
+def test_order_placed_folds_to_what_a_new_row_starts_from(upto: int) -> None:
+    """Why a new row need not read version 1 back: the folds without it are the same."""
+    stream = confirmed_stream()[:upto]
+    assert history(stream[1:]) == history(stream)
+    assert fulfilment(stream[1:]) == fulfilment(stream)
 
 
 # ---- fulfilment -----------------------------------------------------------------------------

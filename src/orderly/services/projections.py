@@ -168,6 +168,21 @@ def has_gap(after_version: int, events: Sequence[StreamEvent]) -> bool:
     return any(e.version != after_version + 1 + i for i, e in enumerate(events))
 
 
+def needs_earlier_events(after_version: int, events: Sequence[StreamEvent]) -> bool:
+    """Whether folding ``events`` (from :func:`newer_events`) onto an order's row at
+    ``after_version`` (0: no row yet) needs events the stream has and they lack.
+
+    Like :func:`has_gap`, except that a new row may start at version 2: version 1 of every
+    order is its ``order.placed`` (``domain/orders.py``), which folds to exactly what a new
+    row starts from (PENDING, no reason, no fulfilment), and the later events set the version
+    and time. The saga's first transaction, which appends versions 2 and up before any row
+    exists, so need not read the stream back.
+    """
+    if after_version == 0 and events and events[0].version == 2:
+        after_version = 1
+    return has_gap(after_version, events)
+
+
 def _status_of(event: StreamEvent) -> str | None:
     status = event.data.get("status")
     if isinstance(status, str) and status:

@@ -61,7 +61,7 @@ from orderly.services.projections import (
     fold_fulfilment,
     fold_order_history,
     fold_stock_levels,
-    has_gap,
+    needs_earlier_events,
     newer_events,
     objects,
     parse_time,
@@ -166,7 +166,7 @@ class SqlReadModels:
         fresh = newer_events(events_from_payload(events), after)
         if not fresh:
             return
-        if has_gap(after, fresh):
+        if needs_earlier_events(after, fresh):
             stored = await self._stream(order_id, after, fresh[-1].version)
             fresh = newer_events([*stored, *fresh], after)
         row = fold_order_history(
