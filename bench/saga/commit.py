@@ -51,13 +51,6 @@ T0 = datetime(2026, 11, 24, tzinfo=UTC)
 MODES = ("one statement", "a statement per kind")
 
 
-class _InStatements(SqlUnitOfWork):  # type: ignore[misc, unused-ignore]
-    """The unit of work flushing as SQLite does: a statement per kind of row."""
-
-    async def _flush_batched(self, conn: Any) -> None:
-        await self._flush_in_statements()
-
-
 def _backend_cpu(pids: list[int]) -> float:
     ticks = 0
     for pid in pids:
@@ -136,7 +129,6 @@ async def _transaction(uow: SqlUnitOfWork, order_id: str, step: int) -> None:
 async def _measure(
     container: Container, ids: list[str], step: int, batched: bool
 ) -> dict[str, float]:
-    unit = SqlUnitOfWork if batched else _InStatements
     async with container.engine.connect() as conn:
         pids = [
             int(r[0])
@@ -146,7 +138,7 @@ async def _measure(
         ]
     cpu, wall, pg = time.process_time(), time.monotonic(), _backend_cpu(pids)
     for order_id in ids:
-        async with unit(container.engine) as uow:
+        async with SqlUnitOfWork(container.engine, one_statement=batched) as uow:
             await _transaction(uow, order_id, step)
     n = len(ids)
     return {

@@ -1,8 +1,9 @@
-"""The commit batch (``adapters/db/batch.py``) on the real PostgreSQL: the writes a unit of work
-buffers, sent as one statement of data-modifying CTEs over array parameters. Each kind of write
-must do exactly what its separate statement did: insert every row with its JSON and times,
-overwrite a read-model row only from a lower version, update a saga only at the version its
-holder read, and give back what RETURNING names."""
+"""The commit batch (``adapters/db/batch.py``) on SQLite and the real PostgreSQL: the writes a
+unit of work buffers, sent on PostgreSQL as one statement of data-modifying CTEs over array
+parameters, else (SQLite, or ``one_statement=False``) as a statement each. Either way each kind
+of write must do the same: insert every row with its JSON and times, overwrite a read-model row
+only from a lower version, update a saga only at the version its holder read, and give back
+what RETURNING names."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ from orderly.adapters.db.batch import CommitBatch, Insert, VersionedUpdate
 from orderly.adapters.db.tables import outbox_messages, rm_order_history, saga_log, sagas
 from tests.conftest import Backend
 
-pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+
+@pytest.fixture(params=[True, False], ids=["one statement", "a statement each"])
+def one_statement(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 
@@ -84,9 +89,9 @@ def outbox_row(message_id: str, claimed_by: str | None) -> dict[str, Any]:
     }
 
 
-async def run(backend: Backend, fill: Any) -> None:
+async def run(backend: Backend, one_statement: bool, fill: Any) -> None:
     async with backend.container.engine.connect() as conn, conn.begin():
-        batch = CommitBatch()
+        batch = CommitBatch(one_statement=one_statement)
         fill(batch)
         await batch.execute(conn)
 
@@ -96,13 +101,15 @@ async def rows(backend: Backend, query: Any) -> list[Any]:
         return list((await conn.execute(query)).all())
 
 
-async def test_inserts_every_row_with_its_json_and_times(backend: Backend) -> None:
+async def test_inserts_every_row_with_its_json_and_times(
+    backend: Backend, one_statement: bool
+) -> None:
     entries: list[dict[str, Any]] = [
         {"saga_id": "s-1", "kind": "a", "step": None, "detail": {}, "at": T0},
         {"saga_id": "s-1", "kind": "b", "step": "x", "detail": {"k": [1, 2]}, "at": T0},
         {"saga_id": "s-2", "kind": "c", "step": None, "detail": {"n": None}, "at": T0},
     ]
-    await run(backend, lambda b: b.add(Insert.of(saga_log, entries), entries))
+    await run(backend, one_statement, lambda b: b.add(Insert.of(saga_log, entries), entries))
     found = await rows(
         backend,
         sa.select(saga_log.c.saga_id, saga_log.c.kind, saga_log.c.step, saga_log.c.detail)
@@ -116,12 +123,22 @@ async def test_inserts_every_row_with_its_json_and_times(backend: Backend) -> No
     ]
 
 
-async def test_a_guarded_upsert_only_overwrites_a_lower_version(backend: Backend) -> None:
+async def test_a_guarded_upsert_only_overwrites_a_lower_version(
+    backend: Backend, one_statement: bool
+) -> None:
     first = [history_row("o-1", 3, "RESERVED"), history_row("o-2", 3, "RESERVED")]
-    await run(backend, lambda b: b.add(Insert.of(rm_order_history, first, **GUARDED), first))
+    await run(
+        backend,
+        one_statement,
+        lambda b: b.add(Insert.of(rm_order_history, first, **GUARDED), first),
+    )
     later = [history_row("o-1", 2, "PENDING"), history_row("o-2", 4, "CONFIRMED")]
     later.append(history_row("o-3", 1, "PENDING"))
-    await run(backend, lambda b: b.add(Insert.of(rm_order_history, later, **GUARDED), later))
+    await run(
+        backend,
+        one_statement,
+        lambda b: b.add(Insert.of(rm_order_history, later, **GUARDED), later),
+    )
     found = await rows(
         backend,
         sa.select(
@@ -140,7 +157,7 @@ GUARDED: dict[str, Any] = {"conflict": ("order_id",), "guard": "version"}
 
 @pytest.mark.parametrize("count", [1, 3], ids=["one saga", "several sagas"])
 async def test_a_versioned_update_moves_only_rows_still_at_the_version_read(
-    backend: Backend, count: int
+    backend: Backend, one_statement: bool, count: int
 ) -> None:
     stored = [saga_row(f"s-{i}", 5) for i in range(count)]
     async with backend.container.engine.begin() as conn:
@@ -151,12 +168,14 @@ async def test_a_versioned_update_moves_only_rows_still_at_the_version_read(
 
     await run(
         backend,
+        one_statement,
         lambda b: b.add(
             VersionedUpdate.of(sagas, "id", "version", updates), updates, returned.append
         ),
     )
     await run(
         backend,
+        one_statement,
         lambda b: b.add(
             VersionedUpdate.of(sagas, "id", "version", [stale]), [stale], returned.append
         ),
@@ -177,6 +196,7 @@ async def test_a_versioned_update_moves_only_rows_still_at_the_version_read(
 
 async def test_several_writes_in_one_statement_each_give_back_their_returning(
     backend: Backend,
+    one_statement: bool,
 ) -> None:
     async with backend.container.engine.begin() as conn:
         await conn.execute(sagas.insert(), [saga_row("s-1", 1)])
@@ -197,7 +217,7 @@ async def test_several_writes_in_one_statement_each_give_back_their_returning(
             lambda r: returned.__setitem__("sagas", r),
         )
 
-    await run(backend, fill)
+    await run(backend, one_statement, fill)
 
     ids = {
         r.message_id: (r.id, r.claimed_by, r.payload)
@@ -211,7 +231,7 @@ async def test_several_writes_in_one_statement_each_give_back_their_returning(
     assert len(await rows(backend, sa.select(saga_log.c.id))) == 1
 
 
-async def test_nothing_to_write_sends_nothing(backend: Backend) -> None:
+async def test_nothing_to_write_sends_nothing(backend: Backend, one_statement: bool) -> None:
     batch = CommitBatch()
     batch.add(Insert.of(saga_log, []), [])
     assert not batch
@@ -219,7 +239,9 @@ async def test_nothing_to_write_sends_nothing(backend: Backend) -> None:
         await batch.execute(conn)  # outside a transaction: it would raise if it sent anything
 
 
-async def test_a_failing_write_fails_the_whole_statement(backend: Backend) -> None:
+async def test_a_failing_write_fails_the_whole_statement(
+    backend: Backend, one_statement: bool
+) -> None:
     """A duplicate key (two writers of one saga, say) fails every write sent with it."""
     log: list[dict[str, Any]] = [
         {"saga_id": "s-1", "kind": "a", "step": None, "detail": {}, "at": T0}
@@ -230,7 +252,7 @@ async def test_a_failing_write_fails_the_whole_statement(backend: Backend) -> No
         batch.add(Insert.of(saga_log, log), log)
         batch.add(Insert.of(sagas, duplicate), duplicate)
 
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await run(backend, fill)
+    with pytest.raises((asyncpg.UniqueViolationError, sa.exc.IntegrityError)):
+        await run(backend, one_statement, fill)
     assert await rows(backend, sa.select(saga_log.c.id)) == []
     assert await rows(backend, sa.select(sagas.c.id)) == []

@@ -22,19 +22,22 @@ The sub-statements run with one snapshot and in no set order, so only writes tha
 on each other go here, and no write whose row locks must be taken in a set order (stock rows
 and inventory levels stay statements of their own, applied in key order).
 
-SQLite keeps the separate statements (a local call costs no round trip).
+On SQLite (a local call costs no round trip), and when asked (``one_statement=False``, the
+commit benchmark's comparison), each write is a statement of its own instead: one mechanism
+either way, so the repositories only say what they write.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orderly.adapters.db import direct
+from orderly.adapters.db.engine import dialect_insert
 
 Rows = Sequence[Mapping[str, Any]]
 Returned = list[tuple[Any, ...]]
@@ -51,6 +54,7 @@ class Insert:
     conflict: tuple[str, ...] = ()
     guard: str | None = None
     returning: tuple[str, ...] = ()
+    single: ClassVar[bool] = False  # the rows always go as arrays
 
     @classmethod
     def of(cls, table: sa.Table, rows: Rows, **options: Any) -> Insert:
@@ -59,8 +63,6 @@ class Insert:
 
     def parameters(self) -> tuple[str, ...]:
         return self.columns
-
-    single = False  # rows always come as arrays
 
     def sql(self, name: str, values: list[str], quote: Callable[[str], str]) -> str:
         table = quote(self.table.name)
@@ -132,6 +134,56 @@ class VersionedUpdate:
 
 Write = Insert | VersionedUpdate
 
+_STATEMENTS: dict[tuple[Write, str], Any] = {}
+
+
+def _statement(conn: AsyncConnection, write: Write) -> Any:
+    """The write as a SQLAlchemy statement for one row (or an executemany), built once."""
+    key = (write, conn.dialect.name)
+    known = _STATEMENTS.get(key)
+    if known is not None:
+        return known
+    table = write.table
+    statement: Any
+    if isinstance(write, Insert):
+        statement = dialect_insert(conn, table)
+        if write.conflict:
+            statement = statement.on_conflict_do_update(
+                index_elements=[table.c[c] for c in write.conflict],
+                set_={c: statement.excluded[c] for c in write.columns if c not in write.conflict},
+                where=(
+                    table.c[write.guard] < statement.excluded[write.guard]
+                    if write.guard is not None
+                    else None
+                ),
+            )
+        if write.returning:
+            statement = statement.returning(*(table.c[c] for c in write.returning))
+    else:
+        statement = table.update().where(
+            table.c[write.key] == sa.bindparam("_key"),
+            table.c[write.version] == sa.bindparam("_previous"),
+        )
+    _STATEMENTS[key] = statement
+    return statement
+
+
+async def _each(conn: AsyncConnection, write: Write, rows: Rows) -> Returned:
+    """``write`` as statements of its own; the rows its RETURNING gives back."""
+    statement = _statement(conn, write)
+    if isinstance(write, VersionedUpdate):
+        moved: Returned = []
+        for row in rows:
+            params = {"_key": row[write.key], "_previous": row["_previous"]}
+            params.update((c, row[c]) for c in write.columns)
+            if (await direct.execute(conn, statement, params)).rowcount == 1:
+                moved.append((row[write.key],))
+        return moved
+    if write.returning:
+        return [tuple((await direct.execute(conn, statement, row)).one()) for row in rows]
+    await direct.execute(conn, statement, list(rows))
+    return []
+
 
 @dataclass(frozen=True)
 class _Shape:
@@ -175,10 +227,12 @@ def _shape(conn: AsyncConnection, writes: tuple[Write, ...]) -> _Shape:
 
 
 class CommitBatch:
-    """Writes gathered by the repositories at commit, then :meth:`execute`d as one statement;
-    each write's ``on_returned`` gets the rows its RETURNING gave back."""
+    """Writes gathered by the repositories, then :meth:`execute`d: as one statement on
+    PostgreSQL (unless ``one_statement`` is False), else a statement each. Each write's
+    ``on_returned`` gets the rows its RETURNING gave back."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, one_statement: bool = True) -> None:
+        self._one_statement = one_statement
         self._writes: list[tuple[Write, Rows, Callable[[Returned], None] | None]] = []
 
     def add(
@@ -194,6 +248,12 @@ class CommitBatch:
         writes, self._writes = self._writes, []
         if not writes:
             return
+        if not self._one_statement or conn.dialect.name != "postgresql":
+            for write, rows, on_returned in writes:
+                returned = await _each(conn, write, rows)
+                if on_returned is not None:
+                    on_returned(returned)
+            return
         shape = _shape(conn, tuple(w for w, _, _ in writes))
         arguments = [
             _values(writes[index][0], writes[index][1], name, process)
@@ -204,10 +264,17 @@ class CommitBatch:
         for write, _, on_returned in writes:
             if not write.returning:
                 continue
-            returned = [record[column + i] or [] for i in range(len(write.returning))]
+            arrays = [record[column + i] or [] for i in range(len(write.returning))]
             column += len(write.returning)
             if on_returned is not None:
-                on_returned(list(zip(*returned, strict=True)))
+                on_returned(list(zip(*arrays, strict=True)))
+
+
+async def write_now(conn: AsyncConnection, fill: Callable[[CommitBatch], None]) -> None:
+    """What ``fill`` adds to a batch, written at once (a flush before the commit)."""
+    batch = CommitBatch()
+    fill(batch)
+    await batch.execute(conn)
 
 
 def _values(write: Write, rows: Rows, name: str, process: Callable[[Any], Any] | None) -> Any:

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderly.adapters.db import direct
-from orderly.adapters.db.batch import CommitBatch, Insert
+from orderly.adapters.db.batch import CommitBatch, Insert, write_now
 from orderly.adapters.db.engine import READ_ONLY, dialect_insert, prepared
 from orderly.adapters.db.errors import is_connection_problem
 from orderly.adapters.db.tables import (
@@ -90,22 +90,6 @@ def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
 
 def _stream_event(row: Any) -> StreamEvent:
     return StreamEvent(row.version, row.type, row.data, row.occurred_at)
-
-
-def _guarded_upsert(conn: AsyncConnection, table: sa.Table, row: Mapping[str, Any]) -> Any:
-    """Insert the row, or overwrite the stored one only if it is at a lower version (the
-    statement is built once per table and set of columns; the row is its parameters)."""
-    columns = tuple(row)
-
-    def build() -> Any:
-        insert = dialect_insert(conn, table)
-        return insert.on_conflict_do_update(
-            index_elements=[table.c.order_id],
-            set_={name: insert.excluded[name] for name in columns if name != "order_id"},
-            where=table.c.version < insert.excluded.version,
-        )
-
-    return prepared(conn, ("guarded upsert", table.name, columns), build)
 
 
 def _add_levels(conn: AsyncConnection) -> Any:
@@ -182,24 +166,21 @@ class SqlReadModels:
             self._write(rm_fulfilment, order_id, moved)
 
     async def apply_stock_entries(self, entries: Sequence[Mapping[str, Any]], at: datetime) -> None:
-        # Summed here and added at commit (:meth:`flush`): the level rows are the hottest rows
-        # of the system (every order of a SKU moves one), so they are locked only for the
-        # commit, and all in one key order however many stock changes the transaction applied.
+        # Summed here and added at commit (:meth:`flush_levels`): the level rows are the
+        # hottest rows of the system (every order of a SKU moves one), so they are locked only
+        # for the commit, and all in one key order however many stock changes the transaction
+        # applied.
         self._levels = fold_stock_levels(stock_entries_from_payload(entries, at), self._levels)
 
     async def flush(self) -> None:
-        """Write what this transaction moved (called by the unit of work before it commits):
-        the order rows, then the stock level increments, each in key order so two
-        transactions never wait on each other's rows."""
-        dirty, self._dirty = self._dirty, {}
-        for (table_name, _), row in sorted(dirty.items(), key=lambda item: item[0]):
-            table = _ORDER_TABLES[table_name]
-            await direct.execute(self._conn, _guarded_upsert(self._conn, table, row), row)
+        """Write what this transaction moved now: the order rows, then the stock level
+        increments (the unit of work's commit writes the rows with its other writes)."""
+        await write_now(self._conn, self.flush_into)
         await self.flush_levels()
 
     def flush_into(self, batch: CommitBatch) -> None:
-        """The order rows of :meth:`flush` as writes of ``batch`` (PostgreSQL's commit, which
-        then calls :meth:`flush_levels`)."""
+        """The order rows, as writes of ``batch`` (one per table; the caller then calls
+        :meth:`flush_levels`)."""
         dirty, self._dirty = self._dirty, {}
         by_table: dict[str, list[dict[str, Any]]] = {}
         for (table_name, _), row in sorted(dirty.items(), key=lambda item: item[0]):

@@ -13,7 +13,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orderly.adapters.db import direct
 from orderly.adapters.db.batch import CommitBatch, Insert
 from orderly.adapters.db.engine import dialect_insert, writer_gate
 from orderly.adapters.db.errors import is_connection_problem
@@ -70,8 +69,6 @@ _SELECT_PRODUCTS = (
 _INSERT_ORDER = orders.insert()
 _INSERT_LINES = order_lines.insert()
 _INSERT_EVENT = order_events.insert()
-_INSERT_OUTBOX = outbox_messages.insert()
-_INSERT_CLAIMED = outbox_messages.insert().returning(outbox_messages.c.id)
 _COMPLETE_KEY = idempotency_keys.update().where(idempotency_keys.c.id == sa.bindparam("_id"))
 _SELECT_KEY = sa.select(idempotency_keys).where(
     idempotency_keys.c.user_id == sa.bindparam("user_id"),
@@ -226,26 +223,9 @@ class SqlOutbox:
         if not any(m.id == message_id for m in self._pending if m.id not in self._handed):
             raise KeyError(f"message {message_id} was not added in this transaction")
 
-    async def flush(self) -> None:
-        """Write the buffered messages (called by the unit of work before it commits)."""
-        written, claims = self.added(), self._claims
-        self._pending, self._handed, self._claims = [], set(), {}
-        self.claimed_rows = {}
-        free = [m for m in written if m.id not in claims]
-        if free:
-            self.unsent_types.update(m.type for m in free)
-            await direct.execute(self._conn, _INSERT_OUTBOX, [self._row(m) for m in free])
-        for message in written:
-            claim = claims.get(message.id)
-            if claim is not None:
-                row = {**self._row(message), "claimed_by": claim[0], "claimed_until": claim[1]}
-                self.claimed_rows[message.id] = int(
-                    await direct.scalar(self._conn, _INSERT_CLAIMED, row)
-                )
-
     def flush_into(self, batch: CommitBatch) -> None:
-        """:meth:`flush` as a write of ``batch`` (PostgreSQL's commit): every message in one
-        insert, the claimed ones with their claim; their rows' ids come back."""
+        """The buffered messages, as a write of ``batch`` (the unit of work's commit): every
+        message in one insert, the claimed ones with their claim; their rows' ids come back."""
         written, claims = self.added(), self._claims
         self._pending, self._handed, self._claims = [], set(), {}
         self.claimed_rows = {}
@@ -468,12 +448,18 @@ class SqlUnitOfWork:
     read_models: SqlReadModels
 
     def __init__(
-        self, engine: AsyncEngine, on_outbox_commit: Callable[[Collection[str]], None] | None = None
+        self,
+        engine: AsyncEngine,
+        on_outbox_commit: Callable[[Collection[str]], None] | None = None,
+        *,
+        one_statement: bool = True,
     ) -> None:
         self._engine = engine
         self._conn: AsyncConnection | None = None
         self._gate: asyncio.Lock | None = None
         self._on_outbox_commit = on_outbox_commit
+        # False: the commit's writes go as a statement each on PostgreSQL too (benchmarks).
+        self._one_statement = one_statement
 
     async def __aenter__(self) -> Self:
         gate = self._gate = writer_gate(self._engine)
@@ -556,23 +542,13 @@ class SqlUnitOfWork:
         if broken and exc is not None:
             raise StorageUnavailable(str(exc)) from exc
 
-    async def _flush_in_statements(self) -> None:
-        """What the repositories buffered, a statement per kind of row, in the order the rows
-        depend on each other (SQLite, where a statement costs no round trip)."""
-        await self.order_stream.flush()
-        await self.sagas.flush()
-        await self.reservations.flush()
-        await self.payments.flush()
-        await self.read_models.flush()
-        await self.outbox.flush()
-
-    async def _flush_batched(self, conn: AsyncConnection) -> None:
-        """What the repositories buffered, on PostgreSQL: the writes nothing orders (events,
-        sagas and their log, stock ledger, payment operations, order read-model rows, outbox)
-        in one statement (adapters/db/batch.py), then the stock rows and inventory levels,
-        each in key order and last, so the rows every order of a SKU wants are held the
-        shortest."""
-        batch = CommitBatch()
+    async def _flush(self, conn: AsyncConnection) -> None:
+        """What the repositories buffered: the writes nothing orders (events, sagas and their
+        log, stock ledger, payment operations, order read-model rows, outbox) in one batch (on
+        PostgreSQL one statement: adapters/db/batch.py), then the stock rows and inventory
+        levels, each in key order and last, so the rows every order of a SKU wants are held
+        the shortest."""
+        batch = CommitBatch(one_statement=self._one_statement)
         self.order_stream.flush_into(batch)
         self.sagas.flush_into(batch)
         self.reservations.flush_into(batch)
@@ -580,17 +556,14 @@ class SqlUnitOfWork:
         self.read_models.flush_into(batch)
         self.outbox.flush_into(batch)
         await batch.execute(conn)
-        await self.reservations.flush()
+        await self.reservations.flush_stock()
         await self.read_models.flush_levels()
 
     async def commit(self) -> None:
         if self._conn is None:
             raise RuntimeError("commit() outside the unit of work")
         try:
-            if self._conn.dialect.name == "postgresql":
-                await self._flush_batched(self._conn)
-            else:
-                await self._flush_in_statements()
+            await self._flush(self._conn)
             await self.acks.flush()
             await self._conn.commit()
         except Exception as exc:

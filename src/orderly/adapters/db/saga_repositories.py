@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orderly.adapters.db import direct
-from orderly.adapters.db.batch import CommitBatch, Insert, VersionedUpdate
+from orderly.adapters.db.batch import CommitBatch, Insert, VersionedUpdate, write_now
 from orderly.adapters.db.engine import dialect_insert, prepared
 from orderly.adapters.db.tables import (
     fraud_reviews,
@@ -66,7 +66,7 @@ class SqlSagaStore:
 
     A saga this transaction loaded (``FOR UPDATE`` on PostgreSQL; SQLite has one writer) or
     inserted is kept for the rest of the transaction, and its saves and log entries are written
-    once, at commit (:meth:`flush`): a transaction that handles several replies of one saga
+    once, at commit (:meth:`flush_into`): a transaction that handles several replies of one saga
     (hand-offs) reads it once and writes it once.
     """
 
@@ -173,19 +173,9 @@ class SqlSagaStore:
             for e in entries
         )
 
-    async def flush(self) -> None:
-        """Write the held sagas' saves and the log (called by the unit of work before it
-        commits)."""
-        stored, self._stored_version = self._stored_version, {}
-        for saga_id, previous in sorted(stored.items()):
-            if not await self._update(self._held[saga_id], previous):
-                raise RuntimeError(f"saga {saga_id} moved under a transaction that held it")
-        entries, self._log = self._log, []
-        if entries:
-            await direct.execute(self._conn, _INSERT_SAGA_LOG, entries)
-
     def flush_into(self, batch: CommitBatch) -> None:
-        """:meth:`flush`, as writes of ``batch`` (PostgreSQL's commit)."""
+        """The held sagas' saves and the log, as writes of ``batch`` (the unit of work's
+        commit)."""
         stored, self._stored_version = self._stored_version, {}
         rows = [
             {"id": saga_id, "_previous": previous, **self._row(self._held[saga_id])}
@@ -294,14 +284,11 @@ class SqlOrderStream:
         self._events: list[JSON] = []
 
     async def flush(self) -> None:
-        """Write the appended events (called before the transaction commits, and before
-        anything reads the stream back)."""
-        events, self._events = self._events, []
-        if events:
-            await direct.execute(self._conn, _INSERT_EVENTS, events)
+        """Write the appended events now (before anything reads the stream back)."""
+        await write_now(self._conn, self.flush_into)
 
     def flush_into(self, batch: CommitBatch) -> None:
-        """:meth:`flush`, as a write of ``batch`` (PostgreSQL's commit)."""
+        """The appended events, as a write of ``batch`` (the unit of work's commit)."""
         events, self._events = self._events, []
         batch.add(Insert.of(order_events, events), events)
 
@@ -484,11 +471,8 @@ def _change(
     }
 
 
-_INSERT_SAGA_LOG = saga_log.insert()
-_INSERT_EVENTS = order_events.insert()
 _INSERT_LEDGER = stock_ledger.insert()
 _INSERT_RESERVATION_LINES = reservation_lines.insert()
-_INSERT_PAYMENT_OPERATION = payment_operations.insert()
 _INSERT_SHIPMENTS = shipments.insert()
 _SETTLE_LINE = reservation_lines.update().where(
     reservation_lines.c.order_id == sa.bindparam("_order"),
@@ -539,8 +523,8 @@ class SqlReservations:
     Stock rows are the rows orders of one SKU contend for. Every transaction locks them in
     (sku, warehouse) order, so two never deadlock: :meth:`reserve` takes its picks in that
     order, and shipping, which does not change what is available (on hand and reserved fall
-    together), is applied at commit (:meth:`flush`), summed and in that order, holding the rows
-    only for the commit.
+    together), is applied at commit (:meth:`flush_stock`), summed and in that order, holding
+    the rows only for the commit.
     """
 
     def __init__(self, conn: AsyncConnection, outbox: Outbox | None = None) -> None:
@@ -550,18 +534,14 @@ class SqlReservations:
         self._ledger: list[JSON] = []  # stock ledger entries, written at commit
 
     def flush_into(self, batch: CommitBatch) -> None:
-        """The ledger entries of :meth:`flush` as a write of ``batch`` (PostgreSQL's commit,
-        which then calls :meth:`flush` for the stock rows)."""
+        """The stock ledger entries, as a write of ``batch`` (the unit of work's commit, which
+        then calls :meth:`flush_stock`)."""
         entries, self._ledger = self._ledger, []
-        if entries:
-            batch.add(Insert.of(stock_ledger, entries), entries)
+        batch.add(Insert.of(stock_ledger, entries), entries)
 
-    async def flush(self) -> None:
-        """Write the ledger entries, then apply the shipped units to the stock rows (called by
-        the unit of work before it commits)."""
-        entries, self._ledger = self._ledger, []
-        if entries:
-            await direct.execute(self._conn, _INSERT_LEDGER, entries)
+    async def flush_stock(self) -> None:
+        """Apply the shipped units to the stock rows, in key order (called by the unit of work
+        as it commits)."""
         shipped, self._shipped = self._shipped, {}
         if shipped:
             await direct.execute(
@@ -604,7 +584,7 @@ class SqlReservations:
 
     async def reserve(self, order_id: str, picks: Sequence[Pick], now: datetime) -> bool:
         done: list[Pick] = []
-        # Stock rows are always locked in (sku, warehouse) order (see :meth:`flush`).
+        # Stock rows are always locked in (sku, warehouse) order (see :meth:`flush_stock`).
         for pick in sorted(picks, key=lambda p: (p.sku, p.warehouse_id)):
             result = await direct.execute(
                 self._conn,
@@ -813,13 +793,7 @@ class SqlPaymentRecords:
 
     def flush_into(self, batch: CommitBatch) -> None:
         operations, self._operations = self._operations, []
-        if operations:
-            batch.add(Insert.of(payment_operations, operations), operations)
-
-    async def flush(self) -> None:
-        operations, self._operations = self._operations, []
-        if operations:
-            await direct.execute(self._conn, _INSERT_PAYMENT_OPERATION, operations)
+        batch.add(Insert.of(payment_operations, operations), operations)
 
     async def get(self, order_id: str) -> PaymentRecord | None:
         row = (await direct.execute(self._conn, _PAYMENT, {"_order": order_id})).one_or_none()
