@@ -17,8 +17,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from orderly.adapters.db.tables import (
+    idempotency_keys,
     order_events,
+    orders,
     payment_operations,
+    payments,
     rm_order_history,
     saga_log,
     sagas,
@@ -26,7 +29,12 @@ from orderly.adapters.db.tables import (
     stock_ledger,
 )
 from orderly.domain.saga import LogEntry, SagaState, SagaStatus, StepStatus
-from orderly.services.saga_ports import NewOrderEvent, PaymentOperation, ReservedLine
+from orderly.services.saga_ports import (
+    NewOrderEvent,
+    PaymentOperation,
+    PaymentRecord,
+    ReservedLine,
+)
 from tests.conftest import Backend, bearer
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -203,3 +211,164 @@ async def test_ledger_entries_and_payment_operations_are_written_by_the_commit_o
     assert [tuple(r) for r in await stored(backend, ledger)] == [("restock", 2)]
     assert [tuple(r) for r in await stored(backend, operations)] == [("refund", 500)]
     assert await stored(backend, on_hand) == [(before + 2,)]
+
+
+async def place(client: Any, backend: Backend, key: str, items: list[dict[str, Any]]) -> str:
+    placed = await client.post(
+        "/api/orders",
+        json={"items": items, "paymentMethod": "pm_card_visa"},
+        headers={**bearer(backend, "alice"), "Idempotency-Key": key},
+    )
+    assert placed.status_code == 202, placed.text
+    return str(placed.json()["orderId"])
+
+
+async def test_an_order_appended_to_twice_in_a_transaction_moves_its_row_at_commit(
+    backend: Backend, client: Any
+) -> None:
+    """The first append moves the row (and locks it); the second numbers its events from the
+    version the transaction holds and moves the row at commit: the row ends at the last
+    version and the last status, the events are numbered without a gap, and a rollback leaves
+    the row as it was."""
+    order_id = await place(client, backend, "k-twice", [{"sku": "PROD-001", "quantity": 1}])
+    row = sa.select(orders.c.version, orders.c.status, orders.c.failure_reason).where(
+        orders.c.id == order_id
+    )
+    events = (
+        sa.select(order_events.c.version, order_events.c.type)
+        .where(order_events.c.order_id == order_id)
+        .order_by(order_events.c.version)
+    )
+
+    for commit in (False, True):
+        async with backend.container.message_uow() as uow:
+            first = await uow.order_stream.append(
+                order_id,
+                [NewOrderEvent("order.reserved", {}, status="RESERVED")],
+                T0,
+                order_id,
+                None,
+            )
+            second = await uow.order_stream.append(
+                order_id,
+                [
+                    NewOrderEvent("order.noted", {"n": 1}),
+                    NewOrderEvent(
+                        "order.failed", {}, status="FAILED", failure_reason="OUT_OF_STOCK"
+                    ),
+                ],
+                T0,
+                order_id,
+                None,
+            )
+            assert [e["version"] for e in [*first, *second]] == [2, 3, 4]
+            facts = await uow.order_stream.facts(order_id)
+            assert facts is not None
+            assert (facts.version, facts.status, facts.failure_reason) == (
+                4,
+                "FAILED",
+                "OUT_OF_STOCK",
+            )
+            if commit:
+                await uow.commit()
+        if not commit:
+            assert [tuple(r) for r in await stored(backend, row)] == [(1, "PENDING", None)]
+            assert [tuple(r) for r in await stored(backend, events)] == [(1, "order.placed")]
+
+    assert [tuple(r) for r in await stored(backend, row)] == [(4, "FAILED", "OUT_OF_STOCK")]
+    assert [tuple(r) for r in await stored(backend, events)] == [
+        (1, "order.placed"),
+        (2, "order.reserved"),
+        (3, "order.noted"),
+        (4, "order.failed"),
+    ]
+
+    # A later transaction starts from the stored row again.
+    async with backend.container.message_uow() as uow:
+        [third] = await uow.order_stream.append(
+            order_id, [NewOrderEvent("order.noted", {"n": 2})], T0, order_id, None
+        )
+        await uow.commit()
+    assert third["version"] == 5
+    assert [tuple(r) for r in await stored(backend, row)] == [(5, "FAILED", "OUT_OF_STOCK")]
+
+
+async def test_an_append_before_any_read_gives_the_order_facts_a_read_would(
+    backend: Backend, client: Any
+) -> None:
+    """On PostgreSQL the first append returns the whole order with its lines, so the facts
+    asked for after it need no read; they must be what a read gives."""
+    order_id = await place(
+        client,
+        backend,
+        "k-facts",
+        [{"sku": "PROD-003", "quantity": 2}, {"sku": "PROD-001", "quantity": 1}],
+    )
+    async with backend.container.message_uow() as uow:
+        await uow.order_stream.append(
+            order_id, [NewOrderEvent("order.noted", {})], T0, order_id, None
+        )
+        after_append = await uow.order_stream.facts(order_id)
+        await uow.commit()
+    async with backend.container.message_uow() as uow:
+        read = await uow.order_stream.facts(order_id)
+    assert after_append is not None
+    assert read is not None
+    assert after_append == read
+    assert [(line.sku, line.quantity) for line in read.lines] == [("PROD-003", 2), ("PROD-001", 1)]
+
+
+def a_payment(order_id: str, status: str, authorized: int) -> PaymentRecord:
+    return PaymentRecord(
+        order_id, "simulated", "ref-1", status, "USD", authorized, 0, 0, None, None
+    )
+
+
+async def test_a_payment_record_put_is_read_back_in_the_transaction_and_written_at_commit(
+    backend: Backend,
+) -> None:
+    query = sa.select(payments.c.status, payments.c.authorized_minor).where(
+        payments.c.order_id == "o-pay"
+    )
+    for commit in (False, True):
+        async with backend.container.message_uow() as uow:
+            assert await uow.payments.get("o-pay") is None
+            await uow.payments.put(a_payment("o-pay", "AUTHORIZED", 900), T0)
+            await uow.payments.put(a_payment("o-pay", "AUTHORIZED", 1000), T0)
+            assert await uow.payments.get("o-pay") == a_payment("o-pay", "AUTHORIZED", 1000)
+            assert not await uow.payments.tombstone("o-pay", "USD", T0), "a record exists"
+            if commit:
+                await uow.commit()
+        if not commit:
+            assert await stored(backend, query) == []
+    assert [tuple(r) for r in await stored(backend, query)] == [("AUTHORIZED", 1000)]
+
+    async with backend.container.message_uow() as uow:
+        record = await uow.payments.get("o-pay")
+        assert record == a_payment("o-pay", "AUTHORIZED", 1000)
+        await uow.payments.put(replace(record, status="CAPTURED", captured_minor=1000), T0)
+        await uow.commit()
+    assert [tuple(r) for r in await stored(backend, query)] == [("CAPTURED", 1000)]
+
+    async with backend.container.message_uow() as uow:
+        assert await uow.payments.tombstone("o-none", "USD", T0)
+        assert (await uow.payments.get("o-none")) is not None
+        await uow.commit()
+
+
+async def test_an_idempotency_record_follows_its_order_at_commit(
+    backend: Backend, client: Any
+) -> None:
+    order_id = await place(client, backend, "k-follow", [{"sku": "PROD-001", "quantity": 1}])
+    query = sa.select(idempotency_keys.c.resource_status).where(
+        idempotency_keys.c.resource_id == order_id
+    )
+    assert await stored(backend, query) == [("PENDING",)]
+    async with backend.container.message_uow() as uow:
+        await uow.key_status.follow(order_id, "FAILED")
+    assert await stored(backend, query) == [("PENDING",)]
+    async with backend.container.message_uow() as uow:
+        await uow.key_status.follow(order_id, "FAILED")
+        await uow.key_status.follow(order_id, "CONFIRMED")
+        await uow.commit()
+    assert await stored(backend, query) == [("CONFIRMED",)]

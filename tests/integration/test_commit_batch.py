@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 
-from orderly.adapters.db.batch import CommitBatch, Insert, VersionedUpdate
+from orderly.adapters.db.batch import CommitBatch, Insert, Update
 from orderly.adapters.db.tables import outbox_messages, rm_order_history, saga_log, sagas
 from tests.conftest import Backend
 
@@ -170,14 +170,14 @@ async def test_a_versioned_update_moves_only_rows_still_at_the_version_read(
         backend,
         one_statement,
         lambda b: b.add(
-            VersionedUpdate.of(sagas, "id", "version", updates), updates, returned.append
+            Update.versioned(sagas, "id", "version", updates), updates, returned.append
         ),
     )
     await run(
         backend,
         one_statement,
         lambda b: b.add(
-            VersionedUpdate.of(sagas, "id", "version", [stale]), [stale], returned.append
+            Update.versioned(sagas, "id", "version", [stale]), [stale], returned.append
         ),
     )
 
@@ -191,6 +191,32 @@ async def test_a_versioned_update_moves_only_rows_still_at_the_version_read(
     )
     assert [tuple(r) for r in found] == [
         (f"s-{i}", 6, 7, {"n": 7}, T0 + timedelta(seconds=7)) for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 3], ids=["one row", "several rows"])
+async def test_a_keyed_update_sets_every_row_with_the_key_and_gives_back_nothing(
+    backend: Backend, one_statement: bool, count: int
+) -> None:
+    stored = [saga_row(f"s-{i}", 5) for i in range(count + 1)]
+    async with backend.container.engine.begin() as conn:
+        await conn.execute(sagas.insert(), stored)
+    updates = [{"id": f"s-{i}", "step": 10 + i, "reason": f"r{i}"} for i in range(count)]
+    returned: list[list[tuple[Any, ...]]] = []
+
+    await run(
+        backend,
+        one_statement,
+        lambda b: b.add(Update.keyed(sagas, "id", updates), updates, returned.append),
+    )
+
+    assert returned == [[]]
+    found = await rows(
+        backend, sa.select(sagas.c.id, sagas.c.step, sagas.c.reason, sagas.c.version)
+    )
+    assert sorted(tuple(r) for r in found) == [
+        *((f"s-{i}", 10 + i, f"r{i}", 5) for i in range(count)),
+        (f"s-{count}", 0, None, 5),
     ]
 
 
@@ -212,7 +238,7 @@ async def test_several_writes_in_one_statement_each_give_back_their_returning(
         write = Insert.of(outbox_messages, messages, returning=("message_id", "id"))
         batch.add(write, messages, lambda r: returned.__setitem__("outbox", r))
         batch.add(
-            VersionedUpdate.of(sagas, "id", "version", update),
+            Update.versioned(sagas, "id", "version", update),
             update,
             lambda r: returned.__setitem__("sagas", r),
         )

@@ -83,10 +83,12 @@ class Insert:
 
 
 @dataclass(frozen=True)
-class VersionedUpdate:
-    """``UPDATE table SET columns`` of the row whose ``key`` is the row's ``key`` and whose
-    ``version`` column is still the row's ``_previous``; returns the keys it updated (a key
-    missing from them was moved by someone else).
+class Update:
+    """``UPDATE table SET columns`` of the row whose ``key`` is the row's ``key``.
+
+    With a ``version`` column (:meth:`versioned`), only while that column is still the row's
+    ``_previous``; it returns the keys it updated (a key missing from them was moved by
+    someone else). Without one (:meth:`keyed`) it returns nothing.
 
     One row (the usual case) is updated by its key with plain parameters: a join with
     ``unnest`` would be planned for the 100 rows PostgreSQL assumes an array parameter holds,
@@ -95,44 +97,61 @@ class VersionedUpdate:
 
     table: sa.Table
     key: str
-    version: str
+    version: str | None
     columns: tuple[str, ...]
     single: bool
 
     @classmethod
-    def of(cls, table: sa.Table, key: str, version: str, rows: Rows) -> VersionedUpdate:
+    def versioned(cls, table: sa.Table, key: str, version: str, rows: Rows) -> Update:
         """The update of ``rows``: each has ``key``, ``_previous`` and the columns to set."""
         columns = tuple(c for c in rows[0] if c not in (key, "_previous"))
         return cls(table, key, version, columns, single=len(rows) == 1)
 
+    @classmethod
+    def keyed(cls, table: sa.Table, key: str, rows: Rows) -> Update:
+        """The update of ``rows``: each has ``key`` and the columns to set."""
+        columns = tuple(c for c in rows[0] if c != key)
+        return cls(table, key, None, columns, single=len(rows) == 1)
+
     @property
     def returning(self) -> tuple[str, ...]:
-        return (self.key,)
+        return (self.key,) if self.version is not None else ()
+
+    def _guards(self) -> tuple[str, ...]:
+        return (self.key, "_previous") if self.version is not None else (self.key,)
 
     def parameters(self) -> tuple[str, ...]:
-        return (self.key, "_previous", *self.columns)
+        return (*self._guards(), *self.columns)
 
     def sql(self, name: str, values: list[str], quote: Callable[[str], str]) -> str:
-        table, key, version = quote(self.table.name), quote(self.key), quote(self.version)
+        table, key = quote(self.table.name), quote(self.key)
+        guards = len(self._guards())
+        returning = f" RETURNING {key}" if self.returning else ""
         if self.single:
             sets = ", ".join(
-                f"{quote(c)} = {value}" for c, value in zip(self.columns, values[2:], strict=True)
+                f"{quote(c)} = {value}"
+                for c, value in zip(self.columns, values[guards:], strict=True)
             )
-            return (
-                f"{name} AS (UPDATE {table} SET {sets} "  # noqa: S608
-                f"WHERE {key} = {values[0]} AND {version} = {values[1]} RETURNING {key})"
-            )
+            where = f"{key} = {values[0]}"
+            if self.version is not None:
+                where += f" AND {quote(self.version)} = {values[1]}"
+            return f"{name} AS (UPDATE {table} SET {sets} WHERE {where}{returning})"  # noqa: S608
         given = ", ".join(quote(f"new_{c}") for c in self.columns)
         sets = ", ".join(f"{quote(c)} = u.{quote('new_' + c)}" for c in self.columns)
+        where = f"t.{key} = u._key"
+        names = "_key"
+        if self.version is not None:
+            where += f" AND t.{quote(self.version)} = u._previous"
+            names += ", _previous"
+        returning = f" RETURNING t.{key}" if self.returning else ""
         return (
             f"{name} AS (UPDATE {table} AS t SET {sets} "  # noqa: S608
-            f"FROM unnest({', '.join(values)}) AS u(_key, _previous, {given}) "
-            f"WHERE t.{key} = u._key AND t.{version} = u._previous "
-            f"RETURNING t.{key})"
+            f"FROM unnest({', '.join(values)}) AS u({names}, {given}) "
+            f"WHERE {where}{returning})"
         )
 
 
-Write = Insert | VersionedUpdate
+Write = Insert | Update
 
 _STATEMENTS: dict[tuple[Write, str], Any] = {}
 
@@ -160,10 +179,10 @@ def _statement(conn: AsyncConnection, write: Write) -> Any:
         if write.returning:
             statement = statement.returning(*(table.c[c] for c in write.returning))
     else:
-        statement = table.update().where(
-            table.c[write.key] == sa.bindparam("_key"),
-            table.c[write.version] == sa.bindparam("_previous"),
-        )
+        condition = table.c[write.key] == sa.bindparam("_key")
+        if write.version is not None:
+            condition = condition & (table.c[write.version] == sa.bindparam("_previous"))
+        statement = table.update().where(condition)
     _STATEMENTS[key] = statement
     return statement
 
@@ -171,14 +190,16 @@ def _statement(conn: AsyncConnection, write: Write) -> Any:
 async def _each(conn: AsyncConnection, write: Write, rows: Rows) -> Returned:
     """``write`` as statements of its own; the rows its RETURNING gives back."""
     statement = _statement(conn, write)
-    if isinstance(write, VersionedUpdate):
+    if isinstance(write, Update):
         moved: Returned = []
         for row in rows:
-            params = {"_key": row[write.key], "_previous": row["_previous"]}
+            params = {"_key": row[write.key]}
+            if write.version is not None:
+                params["_previous"] = row["_previous"]
             params.update((c, row[c]) for c in write.columns)
             if (await direct.execute(conn, statement, params)).rowcount == 1:
                 moved.append((row[write.key],))
-        return moved
+        return moved if write.returning else []
     if write.returning:
         return [tuple((await direct.execute(conn, statement, row)).one()) for row in rows]
     await direct.execute(conn, statement, list(rows))
@@ -209,8 +230,8 @@ def _shape(conn: AsyncConnection, writes: tuple[Write, ...]) -> _Shape:
         placeholders = []
         for parameter in write.parameters():
             column = write.table.c.get(parameter)
-            if column is None:  # "_previous", the version a VersionedUpdate expects
-                column = write.table.c[write.version]  # type: ignore[union-attr]
+            if column is None:  # "_previous", the version a versioned Update expects
+                column = write.table.c[write.version]  # type: ignore[union-attr,index]
             arrays.append((index, parameter, column.type._cached_bind_processor(dialect)))
             kind = column.type.compile(dialect=dialect)
             placeholders.append(f"${len(arrays)}::{kind}" + ("" if write.single else "[]"))
@@ -263,6 +284,8 @@ class CommitBatch:
         column = 0
         for write, _, on_returned in writes:
             if not write.returning:
+                if on_returned is not None:
+                    on_returned([])
                 continue
             arrays = [record[column + i] or [] for i in range(len(write.returning))]
             column += len(write.returning)

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orderly.adapters.db import direct
+from orderly.adapters.db.batch import CommitBatch, Update
 from orderly.adapters.db.tables import (
     dead_letter_replays,
     dead_letters,
@@ -70,11 +71,6 @@ _PUT_BACK = (
     stock.update()
     .where(stock.c.sku == sa.bindparam("_sku"), stock.c.warehouse_id == sa.bindparam("_warehouse"))
     .values(on_hand=stock.c.on_hand + sa.bindparam("_n"))
-)
-_FOLLOW_KEY = (
-    idempotency_keys.update()
-    .where(idempotency_keys.c.resource_id == sa.bindparam("_resource"))
-    .values(resource_status=sa.bindparam("status"))
 )
 _ACK_ROW = (
     outbox_messages.update()
@@ -213,11 +209,24 @@ class SqlStock:
 
 
 class SqlKeyStatus:
+    """The idempotency records' outcome, following their orders; written at commit (nothing
+    in the transaction reads it back)."""
+
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self._statuses: dict[str, str] = {}
 
     async def follow(self, resource_id: str, status: str) -> None:
-        await self._conn.execute(_FOLLOW_KEY, {"_resource": resource_id, "status": status})
+        self._statuses[resource_id] = str(status)
+
+    def flush_into(self, batch: CommitBatch) -> None:
+        statuses, self._statuses = self._statuses, {}
+        rows = [
+            {"resource_id": resource_id, "resource_status": status}
+            for resource_id, status in sorted(statuses.items())
+        ]
+        if rows:
+            batch.add(Update.keyed(idempotency_keys, "resource_id", rows), rows)
 
 
 def _record_processed(dialect: str) -> Any:

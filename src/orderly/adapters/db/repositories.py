@@ -553,6 +553,7 @@ class SqlUnitOfWork:
         self.sagas.flush_into(batch)
         self.reservations.flush_into(batch)
         self.payments.flush_into(batch)
+        self.key_status.flush_into(batch)
         self.read_models.flush_into(batch)
         self.outbox.flush_into(batch)
         await batch.execute(conn)

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orderly.adapters.db import direct
-from orderly.adapters.db.batch import CommitBatch, Insert, VersionedUpdate, write_now
+from orderly.adapters.db.batch import CommitBatch, Insert, Update, write_now
 from orderly.adapters.db.engine import dialect_insert, prepared
 from orderly.adapters.db.tables import (
     fraud_reviews,
@@ -188,7 +188,7 @@ class SqlSagaStore:
                 raise RuntimeError(f"saga {min(moved)} moved under a transaction that held it")
 
         if rows:
-            batch.add(VersionedUpdate.of(sagas, "id", "version", rows), rows, check)
+            batch.add(Update.versioned(sagas, "id", "version", rows), rows, check)
         entries, self._log = self._log, []
         batch.add(Insert.of(saga_log, entries), entries)
 
@@ -214,23 +214,24 @@ _SELECT_LINES = (
 )
 
 
-def _order_with_lines() -> Any:
-    """PostgreSQL: the order row and its lines (as arrays, in line order) in one statement."""
+def _line_arrays() -> list[Any]:
+    """The order's lines as four arrays (in line order), for a statement on ``orders``."""
     ol = order_lines.c
 
     def agg(column: Any) -> Any:
         return sa.func.array_agg(aggregate_order_by(column, ol.line_no))
 
-    lines = (
-        sa.select(
-            agg(ol.sku).label("line_skus"),
-            agg(ol.name).label("line_names"),
-            agg(ol.quantity).label("line_quantities"),
-            agg(ol.unit_price_minor).label("line_prices"),
-        )
-        .where(ol.order_id == orders.c.id)
-        .lateral("lines")
-    )
+    return [
+        agg(ol.sku).label("line_skus"),
+        agg(ol.name).label("line_names"),
+        agg(ol.quantity).label("line_quantities"),
+        agg(ol.unit_price_minor).label("line_prices"),
+    ]
+
+
+def _order_with_lines() -> Any:
+    """PostgreSQL: the order row and its lines (as arrays, in line order) in one statement."""
+    lines = sa.select(*_line_arrays()).where(order_lines.c.order_id == orders.c.id).lateral("lines")
     return (
         sa.select(orders, lines)
         .select_from(orders.outerjoin(lines, sa.true()))
@@ -241,7 +242,25 @@ def _order_with_lines() -> Any:
 _SELECT_ORDER_WITH_LINES = _order_with_lines()
 
 
-def _order_append(moving: Sequence[NewOrderEvent]) -> Callable[[], Any]:
+def _lines_of(row: Any) -> list[OrderLineFacts]:
+    """The lines of a row with the four arrays of :func:`_line_arrays`."""
+    return [
+        OrderLineFacts(*line)
+        for line in zip(
+            row.line_skus or (),
+            row.line_names or (),
+            row.line_quantities or (),
+            row.line_prices or (),
+            strict=True,
+        )
+    ]
+
+
+def _order_append(moving: bool, with_facts: bool) -> Callable[[], Any]:
+    """The first append of a transaction: moves the row's version (and status), which locks
+    it; with ``with_facts`` (PostgreSQL) it returns the whole order with its lines, so the
+    facts need no statement of their own."""
+
     def build() -> Any:
         values: dict[str, Any] = {
             "version": orders.c.version + sa.bindparam("_count"),
@@ -250,12 +269,17 @@ def _order_append(moving: Sequence[NewOrderEvent]) -> Callable[[], Any]:
         if moving:
             values["status"] = sa.bindparam("_status")
             values["failure_reason"] = sa.bindparam("_reason")
-        return (
-            orders.update()
-            .where(orders.c.id == sa.bindparam("_id"))
-            .values(**values)
-            .returning(orders.c.version, orders.c.status, orders.c.failure_reason)
-        )
+        statement = orders.update().where(orders.c.id == sa.bindparam("_id")).values(**values)
+        if not with_facts:
+            return statement.returning(orders.c.version, orders.c.status, orders.c.failure_reason)
+        arrays = [
+            sa.select(array.element)
+            .where(order_lines.c.order_id == orders.c.id)
+            .scalar_subquery()
+            .label(array.name)
+            for array in _line_arrays()
+        ]
+        return statement.returning(*orders.c, *arrays)
 
     return build
 
@@ -276,51 +300,68 @@ class SqlOrderStream:
     Facts read once are kept for the rest of the transaction (the lines never change, and the
     status and version only change through :meth:`append`, which updates them), so the several
     handlers one transaction may run for an order read it once.
+
+    The first append to an order in a transaction updates its row at once: that allocates the
+    event versions and locks the row until the commit. Later appends in the same transaction
+    number their events from the version this transaction holds and move the row at commit
+    (:meth:`flush_into`), with the events: one statement for the row however many appends.
     """
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
         self._facts: dict[str, OrderFacts] = {}
         self._events: list[JSON] = []
+        self._stored: dict[str, int] = {}
+        """Order id -> the version of its row in the table, for rows this transaction locked."""
+        self._moved: dict[str, JSON] = {}
+        """Order id -> the row's new version, status and time, not written yet."""
 
     async def flush(self) -> None:
         """Write the appended events now (before anything reads the stream back)."""
         await write_now(self._conn, self.flush_into)
 
     def flush_into(self, batch: CommitBatch) -> None:
-        """The appended events, as a write of ``batch`` (the unit of work's commit)."""
+        """The appended events and the rows they moved, as writes of ``batch`` (the unit of
+        work's commit)."""
         events, self._events = self._events, []
         batch.add(Insert.of(order_events, events), events)
+        moved, self._moved = self._moved, {}
+        rows = [
+            {"id": order_id, "_previous": self._stored[order_id], **row}
+            for order_id, row in sorted(moved.items())
+        ]
+        for row in rows:
+            self._stored[row["id"]] = row["version"]
+
+        def check(updated: list[tuple[Any, ...]]) -> None:
+            lost = set(moved) - {order_id for (order_id,) in updated}
+            if lost:
+                raise RuntimeError(f"order {min(lost)} moved under a transaction that locked it")
+
+        if rows:
+            batch.add(Update.versioned(orders, "id", "version", rows), rows, check)
 
     async def facts(self, order_id: str) -> OrderFacts | None:
         known = self._facts.get(order_id)
         if known is not None:
             return known
-        lines: list[OrderLineFacts]
         if self._conn.dialect.name == "postgresql":
             params = {"order_id": order_id}
             row = (await direct.execute(self._conn, _SELECT_ORDER_WITH_LINES, params)).one_or_none()
             if row is None:
                 return None
-            lines = [
-                OrderLineFacts(*line)
-                for line in zip(
-                    row.line_skus or (),
-                    row.line_names or (),
-                    row.line_quantities or (),
-                    row.line_prices or (),
-                    strict=True,
-                )
-            ]
-        else:
-            row = (
-                await direct.execute(self._conn, _SELECT_ORDER, {"order_id": order_id})
-            ).one_or_none()
-            if row is None:
-                return None
-            found = await direct.execute(self._conn, _SELECT_LINES, {"order_id": order_id})
-            lines = [OrderLineFacts(x.sku, x.name, x.quantity, x.unit_price_minor) for x in found]
-        facts = self._facts[order_id] = OrderFacts(
+            return self._keep(row, _lines_of(row))
+        row = (
+            await direct.execute(self._conn, _SELECT_ORDER, {"order_id": order_id})
+        ).one_or_none()
+        if row is None:
+            return None
+        found = await direct.execute(self._conn, _SELECT_LINES, {"order_id": order_id})
+        lines = [OrderLineFacts(x.sku, x.name, x.quantity, x.unit_price_minor) for x in found]
+        return self._keep(row, lines)
+
+    def _keep(self, row: Any, lines: Sequence[OrderLineFacts]) -> OrderFacts:
+        facts = self._facts[row.id] = OrderFacts(
             id=row.id,
             customer_id=row.customer_id,
             status=row.status,
@@ -346,20 +387,24 @@ class SqlOrderStream:
         if not events:
             return []
         moving = [e for e in events if e.status is not None]
-        statement = prepared(self._conn, ("order.append", bool(moving)), _order_append(moving))
-        params: JSON = {"_id": order_id, "_count": len(events), "_at": at}
-        if moving:
-            params["_status"] = str(moving[-1].status)
-            params["_reason"] = moving[-1].failure_reason
-        row = (await direct.execute(self._conn, statement, params)).one_or_none()
-        if row is None:
-            raise LookupError(f"order {order_id} does not exist")
         known = self._facts.get(order_id)
-        if known is not None:
-            self._facts[order_id] = replace(
-                known, version=row.version, status=row.status, failure_reason=row.failure_reason
-            )
-        first = row.version - len(events) + 1
+        if known is not None and order_id in self._stored:
+            # Locked by this transaction's first append: number here, move the row at commit.
+            facts = replace(known, version=known.version + len(events))
+            if moving:
+                facts = replace(
+                    facts, status=str(moving[-1].status), failure_reason=moving[-1].failure_reason
+                )
+            self._facts[order_id] = facts
+            self._moved[order_id] = {
+                "version": facts.version,
+                "status": facts.status,
+                "failure_reason": facts.failure_reason,
+                "updated_at": at,
+            }
+        else:
+            facts = await self._move(order_id, events, moving, at, known)
+        first = facts.version - len(events) + 1
         appended: list[JSON] = []
         for offset, event in enumerate(events):
             data = dict(event.data)
@@ -386,6 +431,40 @@ class SqlOrderStream:
             }
             for e in appended
         ]
+
+    async def _move(
+        self,
+        order_id: str,
+        events: Sequence[NewOrderEvent],
+        moving: Sequence[NewOrderEvent],
+        at: datetime,
+        known: OrderFacts | None,
+    ) -> OrderFacts:
+        """Move the order's row now (the transaction's first append to it): its new facts."""
+        with_facts = known is None and self._conn.dialect.name == "postgresql"
+        statement = prepared(
+            self._conn,
+            ("order.append", bool(moving), with_facts),
+            _order_append(bool(moving), with_facts),
+        )
+        params: JSON = {"_id": order_id, "_count": len(events), "_at": at}
+        if moving:
+            params["_status"] = str(moving[-1].status)
+            params["_reason"] = moving[-1].failure_reason
+        row = (await direct.execute(self._conn, statement, params)).one_or_none()
+        if row is None:
+            raise LookupError(f"order {order_id} does not exist")
+        self._stored[order_id] = row.version
+        if with_facts:
+            return self._keep(row, _lines_of(row))
+        if known is None:
+            known = await self.facts(order_id)
+            if known is None:
+                raise LookupError(f"order {order_id} does not exist")
+        facts = self._facts[order_id] = replace(
+            known, version=row.version, status=row.status, failure_reason=row.failure_reason
+        )
+        return facts
 
     async def recent_orders(self, customer_id: str, since: datetime) -> int:
         count = await direct.scalar(
@@ -775,45 +854,51 @@ class SqlReservations:
 _PAYMENT = sa.select(payments).where(payments.c.order_id == sa.bindparam("_order"))
 
 
-def _put_payment(conn: AsyncConnection) -> Any:
-    insert = dialect_insert(conn, payments)
-    return insert.on_conflict_do_update(
-        index_elements=[payments.c.order_id],
-        set_={c.name: insert.excluded[c.name] for c in payments.columns if c.name != "order_id"},
-    )
-
-
 class SqlPaymentRecords:
-    """Payments and the log of gateway operations; the log, which nothing reads back in the
-    transaction, is written at commit."""
+    """Payments and the log of gateway operations. A record read or put is kept for the rest
+    of the transaction; the puts and the log, which nothing else reads back in it, are written
+    at commit."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
         self._operations: list[JSON] = []
+        self._records: dict[str, PaymentRecord | None] = {}
+        self._put: dict[str, JSON] = {}
 
     def flush_into(self, batch: CommitBatch) -> None:
         operations, self._operations = self._operations, []
         batch.add(Insert.of(payment_operations, operations), operations)
+        put, self._put = self._put, {}
+        rows = [put[order_id] for order_id in sorted(put)]
+        if rows:
+            batch.add(Insert.of(payments, rows, conflict=("order_id",)), rows)
 
     async def get(self, order_id: str) -> PaymentRecord | None:
+        if order_id in self._records:
+            return self._records[order_id]
         row = (await direct.execute(self._conn, _PAYMENT, {"_order": order_id})).one_or_none()
-        if row is None:
-            return None
-        return PaymentRecord(
-            order_id=row.order_id,
-            gateway=row.gateway,
-            reference=row.reference,
-            status=row.status,
-            currency=row.currency,
-            authorized_minor=row.authorized_minor,
-            captured_minor=row.captured_minor,
-            refunded_minor=row.refunded_minor,
-            decline_code=row.decline_code,
-            message=row.message,
+        record = self._records[order_id] = (
+            None
+            if row is None
+            else PaymentRecord(
+                order_id=row.order_id,
+                gateway=row.gateway,
+                reference=row.reference,
+                status=row.status,
+                currency=row.currency,
+                authorized_minor=row.authorized_minor,
+                captured_minor=row.captured_minor,
+                refunded_minor=row.refunded_minor,
+                decline_code=row.decline_code,
+                message=row.message,
+            )
         )
+        return record
 
     async def put(self, record: PaymentRecord, now: datetime) -> None:
-        values = {
+        self._records[record.order_id] = record
+        self._put[record.order_id] = {
+            "order_id": record.order_id,
             "gateway": record.gateway,
             "reference": record.reference,
             "status": record.status,
@@ -825,10 +910,11 @@ class SqlPaymentRecords:
             "message": record.message,
             "updated_at": now,
         }
-        statement = prepared(self._conn, "payment.put", lambda: _put_payment(self._conn))
-        await direct.execute(self._conn, statement, {"order_id": record.order_id, **values})
 
     async def tombstone(self, order_id: str, currency: str, now: datetime) -> bool:
+        if self._records.get(order_id) is not None:
+            return False  # a record exists (perhaps only in this transaction's puts)
+        self._records.pop(order_id, None)
         inserted = (
             await self._conn.execute(
                 dialect_insert(self._conn, payments)
