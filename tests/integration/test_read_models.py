@@ -160,14 +160,22 @@ class ReadModelsUow:
 
 
 async def write_order(
-    engine: AsyncEngine, customer: str, placed_at: datetime, decisions: list[Decision]
+    engine: AsyncEngine,
+    customer: str,
+    placed_at: datetime,
+    decisions: list[Decision],
+    *,
+    carry_state: bool = True,
 ) -> Story:
     """The order row, its stream (v1 order.placed, then each decision's events, a second
-    apart) and one order.changed message per append, as intake and the saga write them."""
+    apart) and one order.changed message per append, as intake and the saga write them;
+    without ``carry_state``, as an earlier version wrote them (no order state after the
+    events: the read model reads its row)."""
     order_id = str(uuid.uuid4())
     placed: JSON = {"customerId": customer, "currency": "USD", "totalAmount": 9998, "items": []}
     stream: list[JSON] = []
     messages = []
+    status, reason = "PENDING", None
     for number, decision in enumerate([[("order.placed", placed)], *decisions]):
         when = placed_at + timedelta(seconds=number)
         appended = []
@@ -177,12 +185,18 @@ async def write_order(
             appended.append(
                 {"version": row["version"], "type": type_, "data": data, "occurredAt": iso(when)}
             )
-        payload = {
+            if "status" in data:  # as the saga moves the order row
+                status = data["status"]
+                failed = status in ("FAILED", "NEEDS_ATTENTION")
+                reason = (data.get("failureReason") or data.get("reason")) if failed else None
+        payload: JSON = {
             "orderId": order_id,
             "customerId": customer,
             "placedAt": iso(placed_at),
             "events": appended,
         }
+        if carry_state:
+            payload |= {"status": status, "failureReason": reason}
         messages.append(
             Message(str(uuid.uuid4()), "order.changed", order_id, payload, when, order_id)
         )
@@ -323,18 +337,22 @@ def by_order(snapshot: dict[str, list[JSON]], model: str) -> dict[str, JSON]:
     return {r["order_id"]: r for r in snapshot[model]}
 
 
-async def test_live_read_models_equal_the_rebuilt_ones(backend: Backend) -> None:
+@pytest.mark.parametrize("carry_state", [True, False], ids=["state carried", "state read"])
+async def test_live_read_models_equal_the_rebuilt_ones(backend: Backend, carry_state: bool) -> None:
     engine = backend.container.engine
     store = SqlProjectionStore(engine)
     rng = random.Random(2026)
-    ok = await write_order(engine, "alice", T0, confirmed("x"))
-    short = await write_order(engine, "bob", T0 + timedelta(minutes=1), out_of_stock())
-    returned = await write_order(
-        engine, "alice", T0 + timedelta(minutes=2), returned_after_capture_failed("y")
-    )
-    waiting = await write_order(engine, "carol", T0 + timedelta(minutes=3), held())
-    attention = await write_order(engine, "carol", T0 + timedelta(minutes=4), stuck())
-    silent = await write_order(engine, "dave", T0 + timedelta(minutes=5), [])
+
+    async def write(customer: str, minutes: int, decisions: list[Decision]) -> Story:
+        placed_at = T0 + timedelta(minutes=minutes)
+        return await write_order(engine, customer, placed_at, decisions, carry_state=carry_state)
+
+    ok = await write("alice", 0, confirmed("x"))
+    short = await write("bob", 1, out_of_stock())
+    returned = await write("alice", 2, returned_after_capture_failed("y"))
+    waiting = await write("carol", 3, held())
+    attention = await write("carol", 4, stuck())
+    silent = await write("dave", 5, [])
 
     # A late message first: the row jumps to its version, the missing events read from the
     # stream, and then the earlier messages change nothing.

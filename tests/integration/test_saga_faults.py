@@ -29,12 +29,14 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
+from orderly.adapters.db.read_models import SqlProjectionStore
 from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.tables import outbox_messages
 from orderly.adapters.payments.simulated import SimulatedGateway
 from orderly.services.order_steps import warehouse_handler
 from orderly.services.payments import GatewayUnavailable, PaymentResult
 from orderly.services.ports import MessageUnitOfWork, StorageUnavailable
+from orderly.services.projections import FULFILMENT, ORDER_HISTORY
 from tests.conftest import Backend
 from tests.support.saga import DelegatingGateway, OrderRow, SagaHarness, saga_harness
 
@@ -243,6 +245,17 @@ async def test_orders_settle_consistently_whatever_breaks(rig: Rig, scenario: Sc
         skipped = sum(runtime.stats.duplicates for runtime in h.runtimes[started:])
         assert skipped >= copies, f"{copies} messages delivered twice, {skipped} skipped"
     await _check_books(h, orders, initial)
+    await _check_read_models(h)
+
+
+async def _check_read_models(h: SagaHarness) -> None:
+    """The order read models kept live through all of it equal a rebuild from the streams."""
+    store = SqlProjectionStore(h.container.engine)
+    live = await store.snapshot()
+    await store.rebuild()
+    rebuilt = await store.snapshot()
+    for model in (ORDER_HISTORY, FULFILMENT):
+        assert rebuilt[model] == live[model], model
 
 
 async def _watch_stock(h: SagaHarness, violations: list[str], done: asyncio.Event) -> None:

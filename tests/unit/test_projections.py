@@ -21,11 +21,13 @@ from orderly.services.projections import (
     STOCK_CHANGED,
     StockEntry,
     StreamEvent,
+    can_skip_the_row,
     events_from_payload,
     fold_fulfilment,
     fold_order_history,
     fold_stock_levels,
     has_gap,
+    history_row_at,
     needs_earlier_events,
     newer_events,
     parse_time,
@@ -34,6 +36,7 @@ from orderly.services.projections import (
     stock_entries_from_payload,
     touches_fulfilment,
 )
+from orderly.services.read_model_ports import OrderAfter
 
 T0 = datetime(2026, 5, 7, 10, 0, tzinfo=UTC)
 PLACED_AT = T0
@@ -203,6 +206,78 @@ def test_folding_in_pieces_equals_folding_at_once() -> None:
         assert history(stream[cut:], current=first) == history(stream)
         started = fulfilment(stream[:cut])
         assert fulfilment(stream[cut:], current=started) == fulfilment(stream)
+
+
+def failed_stream() -> list[StreamEvent]:
+    return [
+        placed(),
+        event(2, "order.saga_started"),
+        event(3, "order.reserved", step="reserve", status="RESERVED"),
+        event(4, "order.step_failed", step="authorize", reason="PAYMENT_DECLINED"),
+        event(5, "order.failed", status="FAILED", failureReason="PAYMENT_DECLINED"),
+        event(6, "order.noted"),
+    ]
+
+
+# The order row after each version of the streams above (what order.changed carries).
+CONFIRMED_ROWS = {
+    1: OrderAfter("PENDING", None),
+    2: OrderAfter("PENDING", None),
+    3: OrderAfter("RESERVED", None),
+    4: OrderAfter("PAYMENT_AUTHORIZED", None),
+    5: OrderAfter("FULFILLING", None),
+    6: OrderAfter("FULFILLING", None),
+    7: OrderAfter("FULFILLING", None),
+    8: OrderAfter("CONFIRMED", None),
+}
+FAILED_ROWS = {
+    1: OrderAfter("PENDING", None),
+    2: OrderAfter("PENDING", None),
+    3: OrderAfter("RESERVED", None),
+    4: OrderAfter("RESERVED", None),
+    5: OrderAfter("FAILED", "PAYMENT_DECLINED"),
+    6: OrderAfter("FAILED", "PAYMENT_DECLINED"),
+}
+
+
+@pytest.mark.parametrize(
+    ("stream", "rows"),
+    [(confirmed_stream(), CONFIRMED_ROWS), (failed_stream(), FAILED_ROWS)],
+    ids=["confirmed", "failed"],
+)
+def test_the_row_from_the_order_after_a_message_equals_the_fold_of_the_stream(
+    stream: list[StreamEvent], rows: dict[int, OrderAfter]
+) -> None:
+    """Any message (a run of consecutive events) and the order's state after its last event
+    give the row the whole stream up to that event folds to, without the earlier events."""
+    for end in range(1, len(stream) + 1):
+        for start in range(end):
+            row = history_row_at(
+                stream[start:end],
+                rows[end],
+                order_id=ORDER,
+                customer_id=CUSTOMER,
+                placed_at=PLACED_AT,
+            )
+            assert row == history(stream[:end]), (start, end)
+
+
+def test_only_a_message_before_fulfilment_may_skip_reading_the_row() -> None:
+    stream = confirmed_stream()
+    reserved = stream[2:3]
+    assert can_skip_the_row(OrderAfter("RESERVED", None), reserved)
+    assert can_skip_the_row(OrderAfter("HELD_FOR_REVIEW", None), reserved)
+    assert not can_skip_the_row(None, reserved), "an older message carries no state"
+    # Later statuses may follow fulfilment events not yet folded (a message applied early).
+    assert not can_skip_the_row(OrderAfter("PAYMENT_AUTHORIZED", None), stream[3:4])
+    assert not can_skip_the_row(OrderAfter("CONFIRMED", None), stream[7:8])
+    assert not can_skip_the_row(OrderAfter("FAILED", "OUT_OF_STOCK"), reserved)
+    assert not can_skip_the_row(OrderAfter("RESERVED", None), stream[4:5]), "moves fulfilment"
+
+
+def test_the_row_from_the_order_after_nothing_is_no_row() -> None:
+    after = OrderAfter("PENDING", None)
+    assert history_row_at([], after, order_id=ORDER, customer_id=CUSTOMER, placed_at=T0) is None
 
 
 def test_late_and_repeated_events_change_nothing() -> None:
@@ -458,7 +533,9 @@ def test_times_need_an_offset() -> None:
 
 @dataclass
 class RecordedReadModels:
-    orders: list[tuple[str, str, datetime, list[Mapping[str, Any]]]] = field(default_factory=list)
+    orders: list[tuple[str, str, datetime, list[Mapping[str, Any]], OrderAfter | None]] = field(
+        default_factory=list
+    )
     stock: list[tuple[list[Mapping[str, Any]], datetime]] = field(default_factory=list)
 
     async def apply_order_events(
@@ -467,8 +544,10 @@ class RecordedReadModels:
         customer_id: str,
         placed_at: datetime,
         events: Sequence[Mapping[str, Any]],
+        *,
+        after: OrderAfter | None = None,
     ) -> None:
-        self.orders.append((order_id, customer_id, placed_at, list(events)))
+        self.orders.append((order_id, customer_id, placed_at, list(events), after))
 
     async def apply_stock_entries(self, entries: Sequence[Mapping[str, Any]], at: datetime) -> None:
         self.stock.append((list(entries), at))
@@ -513,8 +592,14 @@ async def test_the_consumer_applies_both_messages() -> None:
     models = RecordedReadModels()
     uow = cast(MessageUnitOfWork, ReadModelsOnly(models))
     await handler.handle(uow, message("order.changed", ORDER_CHANGED_PAYLOAD))
+    carried = {**ORDER_CHANGED_PAYLOAD, "status": "FAILED", "failureReason": "OUT_OF_STOCK"}
+    await handler.handle(uow, message("order.changed", carried))
     await handler.handle(uow, message(STOCK_CHANGED, STOCK_CHANGED_PAYLOAD))
-    assert models.orders == [(ORDER, CUSTOMER, T0, ORDER_CHANGED_PAYLOAD["events"])]
+    events = ORDER_CHANGED_PAYLOAD["events"]
+    assert models.orders == [
+        (ORDER, CUSTOMER, T0, events, None),
+        (ORDER, CUSTOMER, T0, events, OrderAfter("FAILED", "OUT_OF_STOCK")),
+    ]
     assert models.stock == [(STOCK_CHANGED_PAYLOAD["entries"], at(5))]
 
 
@@ -525,6 +610,8 @@ async def test_the_consumer_applies_both_messages() -> None:
         ("order.changed", {**ORDER_CHANGED_PAYLOAD, "placedAt": "yesterday"}),
         ("order.changed", {**ORDER_CHANGED_PAYLOAD, "events": [{"version": "2"}]}),
         ("order.changed", {**ORDER_CHANGED_PAYLOAD, "events": None}),
+        ("order.changed", {**ORDER_CHANGED_PAYLOAD, "status": ""}),
+        ("order.changed", {**ORDER_CHANGED_PAYLOAD, "status": "FAILED", "failureReason": 3}),
         (STOCK_CHANGED, {**STOCK_CHANGED_PAYLOAD, "at": None}),
         (STOCK_CHANGED, {**STOCK_CHANGED_PAYLOAD, "entries": [{"sku": "X"}]}),
         ("order.placed", {"orderId": ORDER}),

@@ -136,6 +136,10 @@ async def append_order_events(
                 "customerId": facts.customer_id,
                 "placedAt": facts.created_at.isoformat(),
                 "events": appended,
+                # The order right after these events (what its history row is at their last
+                # version): the read model need not read its row to know it.
+                "status": str(facts.status),
+                "failureReason": facts.failure_reason,
             },
             created_at=now,
             correlation_id=correlation,

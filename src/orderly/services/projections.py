@@ -25,6 +25,7 @@ from orderly.domain.orders import OrderStatus
 from orderly.services.consumer import Handler, PermanentError, RetryPolicy
 from orderly.services.order_saga import ORDER_CHANGED
 from orderly.services.ports import MessageUnitOfWork
+from orderly.services.read_model_ports import OrderAfter
 
 PROJECTIONS = "projections"
 STOCK_CHANGED = "stock.changed"
@@ -132,6 +133,18 @@ def events_from_payload(raw: Sequence[Mapping[str, Any]]) -> list[StreamEvent]:
     return [event_from_payload(event) for event in raw]
 
 
+def order_after_from_payload(payload: Mapping[str, Any]) -> OrderAfter | None:
+    """The order's state after the message's events, or None from a message without it (one
+    written before it was carried)."""
+    status = payload.get("status")
+    if status is None:
+        return None
+    reason = payload.get("failureReason")
+    if not isinstance(status, str) or not status or not (reason is None or isinstance(reason, str)):
+        raise ValueError("status must be a non-empty string, failureReason a string or null")
+    return OrderAfter(status, reason)
+
+
 def stock_entries_from_payload(raw: Sequence[Mapping[str, Any]], at: datetime) -> list[StockEntry]:
     """Entries as ``stock.changed`` carries them, all made at ``at``."""
     entries = []
@@ -232,6 +245,56 @@ def fold_order_history(
         row["version"] = event.version
         row["updated_at"] = event.occurred_at
     return row
+
+
+BEFORE_FULFILMENT = frozenset(
+    {OrderStatus.PENDING.value, OrderStatus.RESERVED.value, OrderStatus.HELD_FOR_REVIEW.value}
+)
+"""Statuses an order has only before its payment is authorized, so before anything of its
+stream moves the fulfilment model (the order's status never goes back)."""
+
+
+def can_skip_the_row(after: OrderAfter | None, events: Sequence[StreamEvent]) -> bool:
+    """Whether the history row may be written from ``after`` (:func:`history_row_at`) without
+    reading it.
+
+    The row's version is also what tells the fulfilment model whether earlier events are
+    missing (a message applied before an earlier one: the gap is read from the stream). A row
+    moved past events nobody folded would hide them from it, so only a message of an order
+    still before payment authorization, which no fulfilment event can precede, skips it.
+    """
+    return (
+        after is not None and after.status in BEFORE_FULFILMENT and not touches_fulfilment(events)
+    )
+
+
+def history_row_at(
+    events: Sequence[StreamEvent],
+    after: OrderAfter,
+    *,
+    order_id: str,
+    customer_id: str,
+    placed_at: datetime,
+) -> dict[str, Any] | None:
+    """The ``rm_order_history`` row at the last of ``events``, from the order's state there.
+
+    It is what :func:`fold_order_history` gives from the whole stream up to that event (the
+    order's status only moves with an event that carries it, and its failure reason with it),
+    so it needs neither the stored row nor the earlier events: a message applied before an
+    earlier one sets the row to its own version, and the earlier one then changes nothing.
+    """
+    if not events:
+        return None
+    last = max(events, key=lambda e: e.version)
+    return {
+        "order_id": order_id,
+        "customer_id": customer_id,
+        "status": after.status,
+        "failure_reason": _failure_reason(after.status, {"failureReason": after.failure_reason}),
+        "version": last.version,
+        "placed_at": placed_at,
+        "updated_at": last.occurred_at,
+    }
 
 
 def _shipment(raw: Mapping[str, Any], status: str) -> dict[str, Any]:
@@ -367,9 +430,10 @@ async def _order_changed(uow: MessageUnitOfWork, payload: Mapping[str, Any]) -> 
         placed_at = parse_time(payload.get("placedAt"))
         raw = objects(payload, "events")
         events_from_payload(raw)
+        after = order_after_from_payload(payload)
     except ValueError as exc:
         raise PermanentError(f"{ORDER_CHANGED}: {exc}") from exc
-    await uow.read_models.apply_order_events(order_id, customer_id, placed_at, raw)
+    await uow.read_models.apply_order_events(order_id, customer_id, placed_at, raw, after=after)
 
 
 async def _stock_changed(uow: MessageUnitOfWork, payload: Mapping[str, Any]) -> None:

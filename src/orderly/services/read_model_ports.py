@@ -9,11 +9,22 @@ and the stock ledger. They are kept current asynchronously from ``order.changed`
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 Progress = Callable[[str, int, int], None]
 """Told ``(phase, done, total)`` as a rebuild advances."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderAfter:
+    """An order's status and failure reason right after the last event of an ``order.changed``
+    message: its row at that version, which the message carries (``status``,
+    ``failureReason``)."""
+
+    status: str
+    failure_reason: str | None
 
 
 class ReadModels(Protocol):
@@ -25,9 +36,12 @@ class ReadModels(Protocol):
         customer_id: str,
         placed_at: datetime,
         events: Sequence[Mapping[str, Any]],
+        *,
+        after: OrderAfter | None = None,
     ) -> None:
         """Fold events of one order (``{version, type, data, occurredAt}``) into the order
-        history and fulfilment models.
+        history and fulfilment models; ``after``, the order's state after the last of them,
+        lets the history row be written without reading it.
 
         Idempotent and safe out of order: events at or below the stored version change
         nothing, and a model only ever moves to a higher version.

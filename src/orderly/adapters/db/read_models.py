@@ -57,10 +57,12 @@ from orderly.services.projections import (
     StockEntry,
     StockKey,
     StreamEvent,
+    can_skip_the_row,
     events_from_payload,
     fold_fulfilment,
     fold_order_history,
     fold_stock_levels,
+    history_row_at,
     needs_earlier_events,
     newer_events,
     objects,
@@ -68,7 +70,7 @@ from orderly.services.projections import (
     stock_entries_from_payload,
     touches_fulfilment,
 )
-from orderly.services.read_model_ports import Progress
+from orderly.services.read_model_ports import OrderAfter, Progress
 
 ORDER_PAGE = 500
 LEDGER_PAGE = 5000
@@ -144,15 +146,28 @@ class SqlReadModels:
         customer_id: str,
         placed_at: datetime,
         events: Sequence[Mapping[str, Any]],
+        *,
+        after: OrderAfter | None = None,
     ) -> None:
+        parsed = events_from_payload(events)
+        key = (rm_order_history.name, order_id)
+        if after is not None and key not in self._rows and can_skip_the_row(after, parsed):
+            # The order's state after these events is the history row at their last version:
+            # an upsert that only moves the row forward, without reading it.
+            row = history_row_at(
+                parsed, after, order_id=order_id, customer_id=customer_id, placed_at=placed_at
+            )
+            if row is not None:
+                self._write(rm_order_history, order_id, row)
+            return
         history = await self._row(rm_order_history, order_id)
-        after = history["version"] if history else 0
-        fresh = newer_events(events_from_payload(events), after)
+        version = history["version"] if history else 0
+        fresh = newer_events(parsed, version)
         if not fresh:
             return
-        if needs_earlier_events(after, fresh):
-            stored = await self._stream(order_id, after, fresh[-1].version)
-            fresh = newer_events([*stored, *fresh], after)
+        if needs_earlier_events(version, fresh):
+            stored = await self._stream(order_id, version, fresh[-1].version)
+            fresh = newer_events([*stored, *fresh], version)
         row = fold_order_history(
             fresh, order_id=order_id, customer_id=customer_id, placed_at=placed_at, current=history
         )
