@@ -25,6 +25,7 @@ from orderly.adapters.db.tables import (
     rm_order_history,
     saga_log,
     sagas,
+    shipments,
     stock,
     stock_ledger,
 )
@@ -34,6 +35,7 @@ from orderly.services.saga_ports import (
     PaymentOperation,
     PaymentRecord,
     ReservedLine,
+    Shipment,
 )
 from tests.conftest import Backend, bearer
 
@@ -372,3 +374,46 @@ async def test_an_idempotency_record_follows_its_order_at_commit(
         await uow.key_status.follow(order_id, "CONFIRMED")
         await uow.commit()
     assert await stored(backend, query) == [("CONFIRMED",)]
+
+
+async def test_shipments_created_in_a_transaction_are_kept_and_written_once_at_commit(
+    backend: Backend,
+) -> None:
+    """Nobody else sees a shipment before its transaction commits, so it is read back and
+    moved in memory, and written with its last status by the commit; a rollback writes none."""
+    mine = [
+        Shipment(
+            "o-s:WH-AUS", "o-s", "WH-AUS", "REQUESTED", (ReservedLine("P", "WH-AUS", 1),), 5, T0, T0
+        ),
+        Shipment(
+            "o-s:WH-NYC", "o-s", "WH-NYC", "REQUESTED", (ReservedLine("Q", "WH-NYC", 2),), 7, T0, T0
+        ),
+    ]
+    query = sa.select(shipments.c.id, shipments.c.status, shipments.c.lines).order_by(
+        shipments.c.id
+    )
+    later = T0 + timedelta(seconds=1)
+    for commit in (False, True):
+        async with backend.container.message_uow() as uow:
+            assert await uow.shipments.for_order("o-s") == []
+            await uow.shipments.create(mine)
+            assert await uow.shipments.get("o-s:WH-AUS") == mine[0]
+            assert await uow.shipments.move("o-s:WH-AUS", "REQUESTED", "SHIPPED", later)
+            assert not await uow.shipments.move("o-s:WH-AUS", "REQUESTED", "FAILED", later)
+            listed = await uow.shipments.for_order("o-s")
+            assert [(s.id, s.status) for s in listed] == [
+                ("o-s:WH-AUS", "SHIPPED"),
+                ("o-s:WH-NYC", "REQUESTED"),
+            ]
+            if commit:
+                await uow.commit()
+        if not commit:
+            assert await stored(backend, query) == []
+    assert [tuple(r) for r in await stored(backend, query)] == [
+        ("o-s:WH-AUS", "SHIPPED", [{"sku": "P", "warehouseId": "WH-AUS", "quantity": 1}]),
+        ("o-s:WH-NYC", "REQUESTED", [{"sku": "Q", "warehouseId": "WH-NYC", "quantity": 2}]),
+    ]
+    async with backend.container.message_uow() as uow:  # a later transaction reads the table
+        assert await uow.shipments.move("o-s:WH-NYC", "REQUESTED", "CANCELLED", later)
+        assert [s.status for s in await uow.shipments.for_order("o-s")] == ["SHIPPED", "CANCELLED"]
+        await uow.commit()

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.tables import rm_inventory_levels, stock
 from orderly.domain.inventory import Pick
+from orderly.services.saga_ports import ReservedLine, Shipment
 from tests.conftest import Backend
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
@@ -150,3 +151,53 @@ async def test_inventory_levels_move_at_commit_summed(backend: Backend) -> None:
         assert await can_lock(backend, rm_inventory_levels, "PROD-001", "WH-AUS")
         await uow.commit()
     assert await level_reserved(backend) == 6
+
+
+def a_shipment(order_id: str, warehouse: str, sku: str) -> Shipment:
+    return Shipment(
+        id=f"{order_id}:{warehouse}",
+        order_id=order_id,
+        warehouse_id=warehouse,
+        status="REQUESTED",
+        lines=(ReservedLine(sku, warehouse, 1),),
+        value_minor=100,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+async def test_shipments_read_before_the_reservation_lock_are_read_again_after_it(
+    backend: Backend,
+) -> None:
+    """The warehouse's transactions of one order are ordered by its reservation's lock only:
+    what one listed before taking it may have been shipped by another since. Listed again
+    after the lock, the shipments must show it (else neither transaction sees every shipment
+    shipped and the order never hears that it was)."""
+    engine = backend.container.engine
+    picks = [Pick("PROD-003", "WH-AUS", 1), Pick("PROD-005", "WH-NYC", 1)]
+    async with SqlUnitOfWork(engine) as uow:
+        await uow.reservations.open("order-two", NOW + timedelta(minutes=15), NOW)
+        assert await uow.reservations.reserve("order-two", picks, NOW)
+        await uow.shipments.create(
+            [
+                a_shipment("order-two", "WH-AUS", "PROD-003"),
+                a_shipment("order-two", "WH-NYC", "PROD-005"),
+            ]
+        )
+        await uow.commit()
+
+    async with SqlUnitOfWork(engine) as first:
+        listed = await first.shipments.for_order("order-two")
+        assert [s.status for s in listed] == ["REQUESTED", "REQUESTED"]
+        async with SqlUnitOfWork(engine) as second:  # the other warehouse, done meanwhile
+            assert await second.reservations.ship("order-two", "WH-NYC", NOW)
+            assert await second.shipments.move("order-two:WH-NYC", "REQUESTED", "SHIPPED", NOW)
+            await second.commit()
+        assert await first.reservations.ship("order-two", "WH-AUS", NOW)
+        assert await first.shipments.move("order-two:WH-AUS", "REQUESTED", "SHIPPED", NOW)
+        listed = await first.shipments.for_order("order-two")
+        assert [(s.id, s.status) for s in listed] == [
+            ("order-two:WH-AUS", "SHIPPED"),
+            ("order-two:WH-NYC", "SHIPPED"),
+        ]
+        await first.commit()

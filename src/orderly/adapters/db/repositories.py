@@ -486,9 +486,9 @@ class SqlUnitOfWork:
         self.dead_letters = SqlDeadLetters(conn)
         self.sagas = SqlSagaStore(conn)
         self.order_stream = SqlOrderStream(conn)
-        self.reservations = SqlReservations(conn, self.outbox)
         self.payments = SqlPaymentRecords(conn)
         self.shipments = SqlShipments(conn)
+        self.reservations = SqlReservations(conn, self.outbox, self.shipments.forget_read)
         self.fraud_reviews = SqlFraudReviews(conn)
         self.read_models = SqlReadModels(conn, before_stream_read=self.order_stream.flush)
         return self
@@ -553,6 +553,7 @@ class SqlUnitOfWork:
         self.sagas.flush_into(batch)
         self.reservations.flush_into(batch)
         self.payments.flush_into(batch)
+        self.shipments.flush_into(batch)
         self.key_status.flush_into(batch)
         self.read_models.flush_into(batch)
         self.outbox.flush_into(batch)

@@ -552,7 +552,6 @@ def _change(
 
 _INSERT_LEDGER = stock_ledger.insert()
 _INSERT_RESERVATION_LINES = reservation_lines.insert()
-_INSERT_SHIPMENTS = shipments.insert()
 _SETTLE_LINE = reservation_lines.update().where(
     reservation_lines.c.order_id == sa.bindparam("_order"),
     reservation_lines.c.sku == sa.bindparam("_sku"),
@@ -606,9 +605,16 @@ class SqlReservations:
     the rows only for the commit.
     """
 
-    def __init__(self, conn: AsyncConnection, outbox: Outbox | None = None) -> None:
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        outbox: Outbox | None = None,
+        on_lock: Callable[[], None] | None = None,
+    ) -> None:
         self._conn = conn
         self._outbox = outbox
+        self._on_lock = on_lock
+        """Told when an order's reservation is locked (the shipments' reads may be stale)."""
         self._shipped: dict[tuple[str, str], int] = {}
         self._ledger: list[JSON] = []  # stock ledger entries, written at commit
 
@@ -744,6 +750,8 @@ class SqlReservations:
             ),
         )
         status = await direct.scalar(self._conn, statement, {"_order": order_id})
+        if self._on_lock is not None:
+            self._on_lock()
         return None if status is None else str(status)
 
     async def release(
@@ -976,46 +984,101 @@ _MOVE_SHIPMENT = shipments.update().where(
 
 
 class SqlShipments:
+    """Shipments, on the unit of work's connection.
+
+    Shipments this transaction creates are kept, moved and written at commit (one write in the
+    commit's statement): nobody else can see or move them before then. An order's shipments
+    listed from the table are kept until its reservation is locked (:meth:`forget_read`,
+    called by :class:`SqlReservations`): that lock is what orders the warehouse's
+    transactions of one order, so rows read before it may since have moved. Another
+    transaction creating the same shipments (a duplicate fulfil command) fails at commit on
+    their keys, so a listing that held only this transaction's own rows stays complete.
+    """
+
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self._mine: dict[str, Shipment] = {}
+        self._listed: dict[str, dict[str, Shipment]] = {}
+        """Order id -> its shipments: as read from the table, then this transaction's own."""
+        self._read: set[str] = set()
+        """Orders whose listing holds rows read from the table."""
+
+    def flush_into(self, batch: CommitBatch) -> None:
+        mine, self._mine = self._mine, {}
+        rows = [_shipment_row(mine[shipment_id]) for shipment_id in sorted(mine)]
+        batch.add(Insert.of(shipments, rows), rows)
+
+    def forget_read(self) -> None:
+        """Drop the listings that hold rows read from the table (a reservation was locked)."""
+        for order_id in self._read:
+            self._listed.pop(order_id, None)
+        self._read.clear()
 
     async def create(self, items: Sequence[Shipment]) -> None:
-        await direct.execute(
-            self._conn,
-            _INSERT_SHIPMENTS,
-            [
-                {
-                    "id": s.id,
-                    "order_id": s.order_id,
-                    "warehouse_id": s.warehouse_id,
-                    "status": s.status,
-                    "lines": [
-                        {"sku": x.sku, "warehouseId": x.warehouse_id, "quantity": x.quantity}
-                        for x in s.lines
-                    ],
-                    "value_minor": s.value_minor,
-                    "created_at": s.created_at,
-                    "updated_at": s.updated_at,
-                }
-                for s in items
-            ],
-        )
+        for shipment in items:
+            if shipment.id in self._mine:
+                raise ValueError(f"shipment {shipment.id} created twice")
+            self._mine[shipment.id] = shipment
+            listing = self._listed.get(shipment.order_id)
+            if listing is not None:
+                listing[shipment.id] = shipment
 
     async def for_order(self, order_id: str) -> list[Shipment]:
-        rows = await direct.execute(self._conn, _SHIPMENTS_OF, {"_order": order_id})
-        return [_shipment(r) for r in rows]
+        listing = self._listed.get(order_id)
+        if listing is None:
+            rows = await direct.execute(self._conn, _SHIPMENTS_OF, {"_order": order_id})
+            listing = {row.id: _shipment(row) for row in rows}
+            if listing:
+                self._read.add(order_id)
+            listing.update((k, v) for k, v in self._mine.items() if v.order_id == order_id)
+            self._listed[order_id] = listing
+        return [listing[shipment_id] for shipment_id in sorted(listing)]
 
     async def get(self, shipment_id: str) -> Shipment | None:
+        mine = self._mine.get(shipment_id)
+        if mine is not None:
+            return mine
         row = (await direct.execute(self._conn, _SHIPMENT, {"_id": shipment_id})).one_or_none()
         return None if row is None else _shipment(row)
 
     async def move(self, shipment_id: str, from_status: str, to_status: str, now: datetime) -> bool:
-        result = await direct.execute(
-            self._conn,
-            _MOVE_SHIPMENT,
-            {"_id": shipment_id, "_from": from_status, "status": to_status, "updated_at": now},
-        )
-        return result.rowcount == 1
+        mine = self._mine.get(shipment_id)
+        if mine is not None:
+            if mine.status != from_status:
+                return False
+            moved = replace(mine, status=to_status, updated_at=now)
+            self._mine[shipment_id] = moved
+        else:
+            result = await direct.execute(
+                self._conn,
+                _MOVE_SHIPMENT,
+                {"_id": shipment_id, "_from": from_status, "status": to_status, "updated_at": now},
+            )
+            if result.rowcount != 1:
+                return False
+            found = next((x for x in self._listed.values() if shipment_id in x), None)
+            if found is None:
+                return True
+            moved = replace(found[shipment_id], status=to_status, updated_at=now)
+        listing = self._listed.get(moved.order_id)
+        if listing is not None:
+            listing[shipment_id] = moved
+        return True
+
+
+def _shipment_row(s: Shipment) -> JSON:
+    return {
+        "id": s.id,
+        "order_id": s.order_id,
+        "warehouse_id": s.warehouse_id,
+        "status": s.status,
+        "lines": [
+            {"sku": x.sku, "warehouseId": x.warehouse_id, "quantity": x.quantity} for x in s.lines
+        ],
+        "value_minor": s.value_minor,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+    }
 
 
 class SqlFraudReviews:
