@@ -272,7 +272,11 @@ def test_only_a_message_before_fulfilment_may_skip_reading_the_row() -> None:
     assert not can_skip_the_row(OrderAfter("PAYMENT_AUTHORIZED", None), stream[3:4])
     assert not can_skip_the_row(OrderAfter("CONFIRMED", None), stream[7:8])
     assert not can_skip_the_row(OrderAfter("FAILED", "OUT_OF_STOCK"), reserved)
-    assert not can_skip_the_row(OrderAfter("RESERVED", None), stream[4:5]), "moves fulfilment"
+    assert not can_skip_the_row(OrderAfter("RESERVED", None), stream[5:6]), "moves fulfilment"
+    # The message that starts fulfilment: nothing before it can have moved fulfilment.
+    assert can_skip_the_row(OrderAfter("FULFILLING", None), stream[3:5])
+    assert not can_skip_the_row(None, stream[3:5])
+    assert not can_skip_the_row(OrderAfter("FULFILLING", None), stream[5:7])
 
 
 def test_the_row_from_the_order_after_nothing_is_no_row() -> None:

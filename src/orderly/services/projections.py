@@ -254,18 +254,30 @@ BEFORE_FULFILMENT = frozenset(
 stream moves the fulfilment model (the order's status never goes back)."""
 
 
-def can_skip_the_row(after: OrderAfter | None, events: Sequence[StreamEvent]) -> bool:
-    """Whether the history row may be written from ``after`` (:func:`history_row_at`) without
-    reading it.
-
-    The row's version is also what tells the fulfilment model whether earlier events are
-    missing (a message applied before an earlier one: the gap is read from the stream). A row
-    moved past events nobody folded would hide them from it, so only a message of an order
-    still before payment authorization, which no fulfilment event can precede, skips it.
-    """
-    return (
-        after is not None and after.status in BEFORE_FULFILMENT and not touches_fulfilment(events)
+def starts_fulfilment(events: Iterable[StreamEvent]) -> bool:
+    """Whether ``events`` hold the order's move to FULFILLING: the fulfil step's start, before
+    which nothing of the stream moves the fulfilment model."""
+    return any(
+        e.type == "order.fulfilling" or e.data.get("status") == OrderStatus.FULFILLING
+        for e in events
     )
+
+
+def can_skip_the_row(after: OrderAfter | None, events: Sequence[StreamEvent]) -> bool:
+    """Whether the history row may be written from ``after`` (:func:`history_row_at`), and the
+    fulfilment row folded from ``events`` alone, without reading either.
+
+    The history row's version is also what tells the fulfilment model whether earlier events
+    are missing (a message applied before an earlier one: the gap is read from the stream). A
+    row moved past events nobody folded would hide them from it, so only a message that no
+    fulfilment event can precede skips it: one of an order still before payment authorization,
+    or the one that starts fulfilment.
+    """
+    if after is None:
+        return False
+    if starts_fulfilment(events):
+        return True
+    return after.status in BEFORE_FULFILMENT and not touches_fulfilment(events)
 
 
 def history_row_at(

@@ -150,15 +150,23 @@ class SqlReadModels:
         after: OrderAfter | None = None,
     ) -> None:
         parsed = events_from_payload(events)
-        key = (rm_order_history.name, order_id)
-        if after is not None and key not in self._rows and can_skip_the_row(after, parsed):
-            # The order's state after these events is the history row at their last version:
-            # an upsert that only moves the row forward, without reading it.
+        if (
+            after is not None
+            and (rm_order_history.name, order_id) not in self._rows
+            and (rm_fulfilment.name, order_id) not in self._rows
+            and can_skip_the_row(after, parsed)
+        ):
+            # The order's state after these events is the history row at their last version,
+            # and nothing before them moved fulfilment: upserts that only move the rows
+            # forward, without reading them.
             row = history_row_at(
                 parsed, after, order_id=order_id, customer_id=customer_id, placed_at=placed_at
             )
             if row is not None:
                 self._write(rm_order_history, order_id, row)
+            started = fold_fulfilment(parsed, order_id=order_id)
+            if started is not None:
+                self._write(rm_fulfilment, order_id, started)
             return
         history = await self._row(rm_order_history, order_id)
         version = history["version"] if history else 0
