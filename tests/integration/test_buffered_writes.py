@@ -22,6 +22,8 @@ from orderly.adapters.db.tables import (
     orders,
     payment_operations,
     payments,
+    reservation_lines,
+    reservations,
     rm_order_history,
     saga_log,
     sagas,
@@ -29,6 +31,7 @@ from orderly.adapters.db.tables import (
     stock,
     stock_ledger,
 )
+from orderly.domain.inventory import Pick
 from orderly.domain.saga import LogEntry, SagaState, SagaStatus, StepStatus
 from orderly.services.saga_ports import (
     NewOrderEvent,
@@ -417,3 +420,58 @@ async def test_shipments_created_in_a_transaction_are_kept_and_written_once_at_c
         assert await uow.shipments.move("o-s:WH-NYC", "REQUESTED", "CANCELLED", later)
         assert [s.status for s in await uow.shipments.for_order("o-s")] == ["SHIPPED", "CANCELLED"]
         await uow.commit()
+
+
+async def test_reservation_lines_and_headers_are_written_at_commit_and_read_back_before(
+    backend: Backend,
+) -> None:
+    """A reservation's lines and its header's moves wait for the commit; a read of the lines
+    in the same transaction writes them first, so it sees them."""
+    lines = sa.select(
+        reservation_lines.c.sku, reservation_lines.c.warehouse_id, reservation_lines.c.status
+    ).where(reservation_lines.c.order_id == "o-r")
+    header = sa.select(reservations.c.status).where(reservations.c.order_id == "o-r")
+    picks = [Pick("PROD-001", "WH-AUS", 1), Pick("PROD-003", "WH-NYC", 2)]
+    expires = T0 + timedelta(minutes=15)
+
+    for commit in (False, True):
+        async with backend.container.message_uow() as uow:
+            assert await uow.reservations.open("o-r", expires, T0) is None
+            assert await uow.reservations.reserve("o-r", picks, T0)
+            held = await uow.reservations.lines("o-r", "ACTIVE")
+            assert sorted((x.sku, x.quantity) for x in held) == [("PROD-001", 1), ("PROD-003", 2)]
+            if commit:
+                await uow.commit()
+        if not commit:
+            assert await stored(backend, lines) == []
+    assert await stored(backend, header) == [("ACTIVE",)]
+
+    async with backend.container.message_uow() as uow:  # ship one warehouse, then the other
+        assert [x.sku for x in await uow.reservations.ship("o-r", "WH-AUS", T0)] == ["PROD-001"]
+        assert [x.sku for x in await uow.reservations.lines("o-r", "ACTIVE")] == ["PROD-003"]
+        assert [x.sku for x in await uow.reservations.ship("o-r", "WH-NYC", T0)] == ["PROD-003"]
+        assert await uow.reservations.lines("o-r", "ACTIVE") == []
+        await uow.commit()
+    assert sorted(tuple(r) for r in await stored(backend, lines)) == [
+        ("PROD-001", "WH-AUS", "SHIPPED"),
+        ("PROD-003", "WH-NYC", "SHIPPED"),
+    ]
+    assert await stored(backend, header) == [("SHIPPED",)]
+
+
+async def test_a_reservation_made_and_released_in_one_transaction_is_written_released(
+    backend: Backend,
+) -> None:
+    async with backend.container.message_uow() as uow:
+        assert await uow.reservations.open("o-x", T0 + timedelta(minutes=15), T0) is None
+        assert await uow.reservations.reserve("o-x", [Pick("PROD-001", "WH-AUS", 1)], T0)
+        released = await uow.reservations.release("o-x", T0)
+        assert [(x.sku, x.quantity) for x in released] == [("PROD-001", 1)]
+        assert await uow.reservations.release("o-x", T0) == []  # nothing left to release
+        await uow.commit()
+    assert await stored(
+        backend, sa.select(reservation_lines.c.status).where(reservation_lines.c.order_id == "o-x")
+    ) == [("RELEASED",)]
+    assert await stored(
+        backend, sa.select(reservations.c.status).where(reservations.c.order_id == "o-x")
+    ) == [("RELEASED",)]

@@ -14,8 +14,14 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 
-from orderly.adapters.db.batch import CommitBatch, Insert, Update
-from orderly.adapters.db.tables import outbox_messages, rm_order_history, saga_log, sagas
+from orderly.adapters.db.batch import PER_ROW_LIMIT, CommitBatch, Insert, Update
+from orderly.adapters.db.tables import (
+    outbox_messages,
+    reservation_lines,
+    rm_order_history,
+    saga_log,
+    sagas,
+)
 from tests.conftest import Backend
 
 
@@ -155,7 +161,9 @@ async def test_a_guarded_upsert_only_overwrites_a_lower_version(
 GUARDED: dict[str, Any] = {"conflict": ("order_id",), "guard": "version"}
 
 
-@pytest.mark.parametrize("count", [1, 3], ids=["one saga", "several sagas"])
+@pytest.mark.parametrize(
+    "count", [1, 3, PER_ROW_LIMIT + 4], ids=["one saga", "several sagas", "many sagas (unnest)"]
+)
 async def test_a_versioned_update_moves_only_rows_still_at_the_version_read(
     backend: Backend, one_statement: bool, count: int
 ) -> None:
@@ -181,7 +189,7 @@ async def test_a_versioned_update_moves_only_rows_still_at_the_version_read(
         ),
     )
 
-    assert sorted(returned[0]) == [(f"s-{i}",) for i in range(count)]
+    assert sorted(returned[0]) == sorted((f"s-{i}",) for i in range(count))
     assert returned[1] == []
     found = await rows(
         backend,
@@ -189,12 +197,14 @@ async def test_a_versioned_update_moves_only_rows_still_at_the_version_read(
             sagas.c.id, sagas.c.version, sagas.c.step, sagas.c.data, sagas.c.deadline_at
         ).order_by(sagas.c.id),
     )
-    assert [tuple(r) for r in found] == [
+    assert [tuple(r) for r in found] == sorted(
         (f"s-{i}", 6, 7, {"n": 7}, T0 + timedelta(seconds=7)) for i in range(count)
-    ]
+    )
 
 
-@pytest.mark.parametrize("count", [1, 3], ids=["one row", "several rows"])
+@pytest.mark.parametrize(
+    "count", [1, 3, PER_ROW_LIMIT + 4], ids=["one row", "several rows", "many rows (unnest)"]
+)
 async def test_a_keyed_update_sets_every_row_with_the_key_and_gives_back_nothing(
     backend: Backend, one_statement: bool, count: int
 ) -> None:
@@ -214,10 +224,48 @@ async def test_a_keyed_update_sets_every_row_with_the_key_and_gives_back_nothing
     found = await rows(
         backend, sa.select(sagas.c.id, sagas.c.step, sagas.c.reason, sagas.c.version)
     )
-    assert sorted(tuple(r) for r in found) == [
-        *((f"s-{i}", 10 + i, f"r{i}", 5) for i in range(count)),
-        (f"s-{count}", 0, None, 5),
+    assert sorted(tuple(r) for r in found) == sorted(
+        [*((f"s-{i}", 10 + i, f"r{i}", 5) for i in range(count)), (f"s-{count}", 0, None, 5)]
+    )
+
+
+@pytest.mark.parametrize(
+    "count", [1, 3, PER_ROW_LIMIT + 4], ids=["one row", "several rows", "many rows (unnest)"]
+)
+async def test_a_keyed_update_on_a_composite_key_sets_only_rows_with_the_whole_key(
+    backend: Backend, one_statement: bool, count: int
+) -> None:
+    lines = [
+        {"order_id": order, "sku": f"S{i}", "warehouse_id": "W1", "quantity": 1, "status": "A"}
+        for order in ("o-1", "o-2")
+        for i in range(count)
     ]
+    async with backend.container.engine.begin() as conn:
+        await conn.execute(reservation_lines.insert(), lines)
+    updates = [
+        {"order_id": "o-1", "sku": f"S{i}", "warehouse_id": "W1", "status": f"B{i}"}
+        for i in range(count)
+    ]
+    key = ("order_id", "sku", "warehouse_id")
+
+    await run(
+        backend,
+        one_statement,
+        lambda b: b.add(Update.keyed(reservation_lines, key, updates), updates),
+    )
+
+    found = await rows(
+        backend,
+        sa.select(
+            reservation_lines.c.order_id, reservation_lines.c.sku, reservation_lines.c.status
+        ),
+    )
+    assert sorted(tuple(r) for r in found) == sorted(
+        [
+            *(("o-1", f"S{i}", f"B{i}") for i in range(count)),
+            *(("o-2", f"S{i}", "A") for i in range(count)),
+        ]
+    )
 
 
 async def test_several_writes_in_one_statement_each_give_back_their_returning(

@@ -54,7 +54,7 @@ class Insert:
     conflict: tuple[str, ...] = ()
     guard: str | None = None
     returning: tuple[str, ...] = ()
-    single: ClassVar[bool] = False  # the rows always go as arrays
+    per_row: ClassVar[int] = 0  # the rows always go as arrays
 
     @classmethod
     def of(cls, table: sa.Table, rows: Rows, **options: Any) -> Insert:
@@ -64,10 +64,12 @@ class Insert:
     def parameters(self) -> tuple[str, ...]:
         return self.columns
 
-    def sql(self, name: str, values: list[str], quote: Callable[[str], str]) -> str:
+    def sql(self, name: str, values: list[list[str]], quote: Callable[[str], str]) -> list[str]:
+        """The CTE: ``values`` holds one list, the array parameters."""
+        [arrays_given] = values
         table = quote(self.table.name)
         columns = ", ".join(quote(c) for c in self.columns)
-        arrays = ", ".join(values)
+        arrays = ", ".join(arrays_given)
         text = f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})"  # noqa: S608
         if self.conflict:
             keys = ", ".join(quote(c) for c in self.conflict)
@@ -79,76 +81,100 @@ class Insert:
                 text += f" WHERE {table}.{quote(self.guard)} < excluded.{quote(self.guard)}"
         if self.returning:
             text += " RETURNING " + ", ".join(quote(c) for c in self.returning)
-        return f"{name} AS ({text})"
+        return [f"{name} AS ({text})"]
+
+
+PER_ROW_LIMIT = 8
+"""Up to this many rows, an :class:`Update` is an ``UPDATE`` per row."""
 
 
 @dataclass(frozen=True)
 class Update:
-    """``UPDATE table SET columns`` of the row whose ``key`` is the row's ``key``.
+    """``UPDATE table SET columns`` of the row whose ``key`` columns are the row's.
 
     With a ``version`` column (:meth:`versioned`), only while that column is still the row's
     ``_previous``; it returns the keys it updated (a key missing from them was moved by
     someone else). Without one (:meth:`keyed`) it returns nothing.
 
-    One row (the usual case) is updated by its key with plain parameters: a join with
-    ``unnest`` would be planned for the 100 rows PostgreSQL assumes an array parameter holds,
-    which on a table of any size is a sequential scan.
+    A few rows (the usual case: one) are each updated by their key with plain parameters
+    (``per_row``); a join with ``unnest`` would be planned for the 100 rows PostgreSQL assumes
+    an array parameter holds, which on a table of any size is a sequential scan. The rows must
+    have distinct keys: one statement cannot update a row twice.
     """
 
     table: sa.Table
-    key: str
+    key: tuple[str, ...]
     version: str | None
     columns: tuple[str, ...]
-    single: bool
+    per_row: int
+    """Rows updated each by its own ``UPDATE``; 0: all of them through ``unnest``."""
 
     @classmethod
     def versioned(cls, table: sa.Table, key: str, version: str, rows: Rows) -> Update:
         """The update of ``rows``: each has ``key``, ``_previous`` and the columns to set."""
         columns = tuple(c for c in rows[0] if c not in (key, "_previous"))
-        return cls(table, key, version, columns, single=len(rows) == 1)
+        return cls(table, (key,), version, columns, _per_row(rows))
 
     @classmethod
-    def keyed(cls, table: sa.Table, key: str, rows: Rows) -> Update:
-        """The update of ``rows``: each has ``key`` and the columns to set."""
-        columns = tuple(c for c in rows[0] if c != key)
-        return cls(table, key, None, columns, single=len(rows) == 1)
+    def keyed(cls, table: sa.Table, key: str | tuple[str, ...], rows: Rows) -> Update:
+        """The update of ``rows``: each has the ``key`` column(s) and the columns to set."""
+        keys = (key,) if isinstance(key, str) else key
+        columns = tuple(c for c in rows[0] if c not in keys)
+        return cls(table, keys, None, columns, _per_row(rows))
 
     @property
     def returning(self) -> tuple[str, ...]:
-        return (self.key,) if self.version is not None else ()
+        return self.key if self.version is not None else ()
 
     def _guards(self) -> tuple[str, ...]:
-        return (self.key, "_previous") if self.version is not None else (self.key,)
+        return (*self.key, "_previous") if self.version is not None else self.key
 
     def parameters(self) -> tuple[str, ...]:
         return (*self._guards(), *self.columns)
 
-    def sql(self, name: str, values: list[str], quote: Callable[[str], str]) -> str:
-        table, key = quote(self.table.name), quote(self.key)
+    def sql(self, name: str, values: list[list[str]], quote: Callable[[str], str]) -> list[str]:
+        """The CTEs: ``values`` holds a list of parameters per row (``per_row``), else one
+        list of array parameters."""
+        table = quote(self.table.name)
         guards = len(self._guards())
-        returning = f" RETURNING {key}" if self.returning else ""
-        if self.single:
-            sets = ", ".join(
-                f"{quote(c)} = {value}"
-                for c, value in zip(self.columns, values[guards:], strict=True)
-            )
-            where = f"{key} = {values[0]}"
-            if self.version is not None:
-                where += f" AND {quote(self.version)} = {values[1]}"
-            return f"{name} AS (UPDATE {table} SET {sets} WHERE {where}{returning})"  # noqa: S608
-        given = ", ".join(quote(f"new_{c}") for c in self.columns)
+        returning = ", ".join(quote(k) for k in self.returning)
+        if self.per_row:
+            ctes = []
+            for number, given in enumerate(values):
+                sets = ", ".join(
+                    f"{quote(c)} = {value}"
+                    for c, value in zip(self.columns, given[guards:], strict=True)
+                )
+                where = " AND ".join(
+                    f"{quote(k)} = {value}" for k, value in zip(self.key, given, strict=False)
+                )
+                if self.version is not None:
+                    where += f" AND {quote(self.version)} = {given[len(self.key)]}"
+                text = f"UPDATE {table} SET {sets} WHERE {where}"  # noqa: S608
+                if returning:
+                    text += f" RETURNING {returning}"
+                ctes.append(f"{name}r{number} AS ({text})")
+            return ctes
+        [arrays] = values
+        keys = [f"_k{i}" for i in range(len(self.key))]
+        given_names = ", ".join(quote(f"new_{c}") for c in self.columns)
         sets = ", ".join(f"{quote(c)} = u.{quote('new_' + c)}" for c in self.columns)
-        where = f"t.{key} = u._key"
-        names = "_key"
+        where = " AND ".join(f"t.{quote(k)} = u.{u}" for k, u in zip(self.key, keys, strict=True))
+        names = ", ".join(keys)
         if self.version is not None:
             where += f" AND t.{quote(self.version)} = u._previous"
             names += ", _previous"
-        returning = f" RETURNING t.{key}" if self.returning else ""
-        return (
-            f"{name} AS (UPDATE {table} AS t SET {sets} "  # noqa: S608
-            f"FROM unnest({', '.join(values)}) AS u({names}, {given}) "
-            f"WHERE {where}{returning})"
+        text = (
+            f"UPDATE {table} AS t SET {sets} "  # noqa: S608
+            f"FROM unnest({', '.join(arrays)}) AS u({names}, {given_names}) WHERE {where}"
         )
+        if returning:
+            text += " RETURNING " + ", ".join(f"t.{quote(k)}" for k in self.returning)
+        return [f"{name} AS ({text})"]
+
+
+def _per_row(rows: Rows) -> int:
+    return len(rows) if len(rows) <= PER_ROW_LIMIT else 0
 
 
 Write = Insert | Update
@@ -179,7 +205,9 @@ def _statement(conn: AsyncConnection, write: Write) -> Any:
         if write.returning:
             statement = statement.returning(*(table.c[c] for c in write.returning))
     else:
-        condition = table.c[write.key] == sa.bindparam("_key")
+        condition = sa.and_(
+            *(table.c[k] == sa.bindparam(f"_key{i}") for i, k in enumerate(write.key))
+        )
         if write.version is not None:
             condition = condition & (table.c[write.version] == sa.bindparam("_previous"))
         statement = table.update().where(condition)
@@ -193,12 +221,12 @@ async def _each(conn: AsyncConnection, write: Write, rows: Rows) -> Returned:
     if isinstance(write, Update):
         moved: Returned = []
         for row in rows:
-            params = {"_key": row[write.key]}
+            params = {f"_key{i}": row[k] for i, k in enumerate(write.key)}
             if write.version is not None:
                 params["_previous"] = row["_previous"]
             params.update((c, row[c]) for c in write.columns)
             if (await direct.execute(conn, statement, params)).rowcount == 1:
-                moved.append((row[write.key],))
+                moved.append(tuple(row[k] for k in write.key))
         return moved if write.returning else []
     if write.returning:
         return [tuple((await direct.execute(conn, statement, row)).one()) for row in rows]
@@ -209,9 +237,9 @@ async def _each(conn: AsyncConnection, write: Write, rows: Rows) -> Returned:
 @dataclass(frozen=True)
 class _Shape:
     sql: str
-    # Per parameter (an array of the rows' values, or a single row's value): the write it
-    # belongs to, the row key and the bind processor.
-    arrays: tuple[tuple[int, str, Callable[[Any], Any] | None], ...]
+    # Per parameter: the write it belongs to, the row (None: an array of every row's values),
+    # the row key and the bind processor.
+    parameters: tuple[tuple[int, int | None, str, Callable[[Any], Any] | None], ...]
 
 
 _SHAPES: dict[tuple[Write, ...], _Shape] = {}
@@ -225,25 +253,43 @@ def _shape(conn: AsyncConnection, writes: tuple[Write, ...]) -> _Shape:
     quote = dialect.identifier_preparer.quote
     ctes: list[str] = []
     outputs: list[str] = []
-    arrays: list[tuple[int, str, Callable[[Any], Any] | None]] = []
+    parameters: list[tuple[int, int | None, str, Callable[[Any], Any] | None]] = []
     for index, write in enumerate(writes):
-        placeholders = []
-        for parameter in write.parameters():
-            column = write.table.c.get(parameter)
-            if column is None:  # "_previous", the version a versioned Update expects
-                column = write.table.c[write.version]  # type: ignore[union-attr,index]
-            arrays.append((index, parameter, column.type._cached_bind_processor(dialect)))
-            kind = column.type.compile(dialect=dialect)
-            placeholders.append(f"${len(arrays)}::{kind}" + ("" if write.single else "[]"))
-        ctes.append(write.sql(f"w{index}", placeholders, quote))
+        groups: list[list[str]] = []
+        for row in range(write.per_row) if write.per_row else [None]:
+            placeholders = []
+            for parameter in write.parameters():
+                column = write.table.c.get(parameter)
+                if column is None:  # "_previous", the version a versioned Update expects
+                    column = write.table.c[write.version]  # type: ignore[union-attr,index]
+                parameters.append(
+                    (index, row, parameter, column.type._cached_bind_processor(dialect))
+                )
+                kind = column.type.compile(dialect=dialect)
+                placeholders.append(
+                    f"${len(parameters)}::{kind}" + ("" if row is not None else "[]")
+                )
+            groups.append(placeholders)
+        written = write.sql(f"w{index}", groups, quote)
+        ctes.extend(written)
         if write.returning:
+            names = (
+                [f"w{index}r{row}" for row in range(write.per_row)]
+                if write.per_row
+                else [f"w{index}"]
+            )
+            source = (
+                names[0]
+                if len(names) == 1
+                else "(" + " UNION ALL ".join(f"SELECT * FROM {n}" for n in names) + ") AS u"  # noqa: S608
+            )
             order = quote(write.returning[0])
             outputs.extend(
-                f"(SELECT array_agg({quote(c)} ORDER BY {order}) FROM w{index})"  # noqa: S608
+                f"(SELECT array_agg({quote(c)} ORDER BY {order}) FROM {source})"  # noqa: S608
                 for c in write.returning
             )
     select = "SELECT " + (", ".join(outputs) if outputs else "1")
-    shape = _SHAPES[writes] = _Shape("WITH " + ", ".join(ctes) + " " + select, tuple(arrays))
+    shape = _SHAPES[writes] = _Shape("WITH " + ", ".join(ctes) + " " + select, tuple(parameters))
     return shape
 
 
@@ -277,8 +323,8 @@ class CommitBatch:
             return
         shape = _shape(conn, tuple(w for w, _, _ in writes))
         arguments = [
-            _values(writes[index][0], writes[index][1], name, process)
-            for index, name, process in shape.arrays
+            _values(writes[index][1], row, name, process)
+            for index, row, name, process in shape.parameters
         ]
         record = await direct.fetch_row(conn, shape.sql, arguments)
         column = 0
@@ -300,10 +346,13 @@ async def write_now(conn: AsyncConnection, fill: Callable[[CommitBatch], None]) 
     await batch.execute(conn)
 
 
-def _values(write: Write, rows: Rows, name: str, process: Callable[[Any], Any] | None) -> Any:
-    values = [
+def _values(rows: Rows, row: int | None, name: str, process: Callable[[Any], Any] | None) -> Any:
+    """A parameter's value: ``name`` of one row, or of every row as an array."""
+    if row is not None:
+        value = rows[row][name]
+        return value if process is None or value is None else process(value)
+    return [
         value if process is None or value is None else process(value)
-        for row in rows
-        for value in (row[name],)
+        for given in rows
+        for value in (given[name],)
     ]
-    return values[0] if write.single else values

@@ -551,12 +551,6 @@ def _change(
 
 
 _INSERT_LEDGER = stock_ledger.insert()
-_INSERT_RESERVATION_LINES = reservation_lines.insert()
-_SETTLE_LINE = reservation_lines.update().where(
-    reservation_lines.c.order_id == sa.bindparam("_order"),
-    reservation_lines.c.sku == sa.bindparam("_sku"),
-    reservation_lines.c.warehouse_id == sa.bindparam("_warehouse"),
-)
 _SHIP_STOCK = (
     stock.update()
     .where(stock.c.sku == sa.bindparam("_sku"), stock.c.warehouse_id == sa.bindparam("_warehouse"))
@@ -564,7 +558,9 @@ _SHIP_STOCK = (
         on_hand=stock.c.on_hand - sa.bindparam("_n"), reserved=stock.c.reserved - sa.bindparam("_n")
     )
 )
-_SET_RESERVATION = reservations.update().where(reservations.c.order_id == sa.bindparam("_order"))
+
+_LINE_KEY = ("order_id", "sku", "warehouse_id")
+LineKey = tuple[str, str, str]
 
 _RESERVE = (
     stock.update()
@@ -617,12 +613,42 @@ class SqlReservations:
         """Told when an order's reservation is locked (the shipments' reads may be stale)."""
         self._shipped: dict[tuple[str, str], int] = {}
         self._ledger: list[JSON] = []  # stock ledger entries, written at commit
+        # Reservation lines made and settled, and headers moved, written at commit (or before
+        # this transaction reads lines): the header lock is held from the move to the commit.
+        self._new_lines: dict[LineKey, JSON] = {}
+        self._settled: dict[LineKey, str] = {}
+        self._headers: dict[str, JSON] = {}
 
     def flush_into(self, batch: CommitBatch) -> None:
-        """The stock ledger entries, as a write of ``batch`` (the unit of work's commit, which
-        then calls :meth:`flush_stock`)."""
+        """The stock ledger entries and the reservations' writes, as writes of ``batch`` (the
+        unit of work's commit, which then calls :meth:`flush_stock`)."""
         entries, self._ledger = self._ledger, []
         batch.add(Insert.of(stock_ledger, entries), entries)
+        self._reservation_writes(batch)
+
+    def _reservation_writes(self, batch: CommitBatch) -> None:
+        new, self._new_lines = self._new_lines, {}
+        rows = [new[key] for key in sorted(new)]
+        batch.add(Insert.of(reservation_lines, rows), rows)
+        settled, self._settled = self._settled, {}
+        moves = [
+            dict(zip(_LINE_KEY, key, strict=True), status=settled[key]) for key in sorted(settled)
+        ]
+        if moves:
+            batch.add(Update.keyed(reservation_lines, _LINE_KEY, moves), moves)
+        headers, self._headers = self._headers, {}
+        header_rows = [{"order_id": order_id, **headers[order_id]} for order_id in sorted(headers)]
+        if header_rows:
+            batch.add(Update.keyed(reservations, "order_id", header_rows), header_rows)
+
+    async def _before_read(self, order_id: str | None = None) -> None:
+        """Write the reservations' pending writes (of ``order_id``, or of any order) before a
+        statement reads them back."""
+        pending = [*self._new_lines, *self._settled]
+        if any(order_id is None or key[0] == order_id for key in pending) or (
+            self._headers and (order_id is None or order_id in self._headers)
+        ):
+            await write_now(self._conn, self._reservation_writes)
 
     async def flush_stock(self) -> None:
         """Apply the shipped units to the stock rows, in key order (called by the unit of work
@@ -662,6 +688,7 @@ class SqlReservations:
         inserted = (await direct.execute(self._conn, statement, row)).first()
         if inserted is not None:
             return None
+        await self._before_read(order_id)
         status = await self._conn.scalar(
             sa.select(reservations.c.status).where(reservations.c.order_id == order_id)
         )
@@ -685,20 +712,14 @@ class SqlReservations:
                     )
                 return False
             done.append(pick)
-        await direct.execute(
-            self._conn,
-            _INSERT_RESERVATION_LINES,
-            [
-                {
-                    "order_id": order_id,
-                    "sku": p.sku,
-                    "warehouse_id": p.warehouse_id,
-                    "quantity": p.quantity,
-                    "status": ReservationStatus.ACTIVE.value,
-                }
-                for p in picks
-            ],
-        )
+        for p in picks:
+            self._new_lines[(order_id, p.sku, p.warehouse_id)] = {
+                "order_id": order_id,
+                "sku": p.sku,
+                "warehouse_id": p.warehouse_id,
+                "quantity": p.quantity,
+                "status": ReservationStatus.ACTIVE.value,
+            }
         await record_stock_changes(
             self._conn,
             [
@@ -712,6 +733,7 @@ class SqlReservations:
         return True
 
     async def lines(self, order_id: str, status: str | None = None) -> list[ReservedLine]:
+        await self._before_read(order_id)
         if status is None:
             rows = await direct.execute(self._conn, _LINES, {"_order": order_id})
         else:
@@ -723,22 +745,18 @@ class SqlReservations:
     async def _settle(
         self, order_id: str, lines: Sequence[ReservedLine], status: ReservationStatus
     ) -> None:
-        if lines:
-            await direct.execute(
-                self._conn,
-                _SETTLE_LINE,
-                [
-                    {
-                        "_order": order_id,
-                        "_sku": line.sku,
-                        "_warehouse": line.warehouse_id,
-                        "status": status.value,
-                    }
-                    for line in lines
-                ],
-            )
+        for line in lines:
+            key = (order_id, line.sku, line.warehouse_id)
+            made = self._new_lines.get(key)
+            if made is not None:
+                made["status"] = status.value
+            else:
+                self._settled[key] = status.value
 
     async def _lock_header(self, order_id: str) -> str | None:
+        moved = self._headers.get(order_id)
+        if moved is not None:  # moved by this transaction, which locked it to do so
+            return str(moved["status"])
         statement = prepared(
             self._conn,
             "reservation.lock",
@@ -783,11 +801,7 @@ class SqlReservations:
             )
         await self._settle(order_id, held, ReservationStatus.RELEASED)
         if header == ReservationStatus.ACTIVE:
-            await self._conn.execute(
-                reservations.update()
-                .where(reservations.c.order_id == order_id)
-                .values(status=final.value, updated_at=now)
-            )
+            self._headers[order_id] = {"status": final.value, "updated_at": now}
         await record_stock_changes(
             self._conn,
             [
@@ -809,11 +823,7 @@ class SqlReservations:
             self._shipped[key] = self._shipped.get(key, 0) + line.quantity
         await self._settle(order_id, held, ReservationStatus.SHIPPED)
         if held and len(held) == len(active):  # nothing of the order left to ship
-            await direct.execute(
-                self._conn,
-                _SET_RESERVATION,
-                {"_order": order_id, "status": ReservationStatus.SHIPPED.value, "updated_at": now},
-            )
+            self._headers[order_id] = {"status": ReservationStatus.SHIPPED.value, "updated_at": now}
         await record_stock_changes(
             self._conn,
             [
@@ -845,6 +855,7 @@ class SqlReservations:
         )
 
     async def expiring(self, now: datetime, limit: int) -> list[str]:
+        await self._before_read()
         rows = await self._conn.execute(
             sa.select(reservations.c.order_id)
             .join(orders, orders.c.id == reservations.c.order_id)
