@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -139,3 +140,35 @@ async def test_a_message_written_claimed_wakes_nobody_and_names_its_row(backend:
         assert [(q.id, q.message.id, q.attempts) for q in again] == [(row.id, claimed.id, 0)]
     finally:
         await queue.stop()
+
+
+async def test_a_claim_takes_the_oldest_due_rows_of_its_types_up_to_its_limit(
+    backend: Backend,
+) -> None:
+    """One type, several types and any type: oldest first, at most ``limit``, never a row
+    claimed by another worker (until its lease runs out) or one not yet due."""
+    queue, signal = queue_and_signal(backend)
+    now = backend.clock.now()
+    added = [replace(message(t), created_at=now) for t in ("a", "b", "a", "c", "a", "b")]
+    later = replace(message("a"), created_at=now)
+    async with SqlUnitOfWork(backend.container.engine, signal.notify) as uow:
+        for m in added:
+            await uow.outbox.add(m)
+        await uow.outbox.add(replace(later, not_before=now + timedelta(minutes=1)))
+        await uow.commit()
+    ids = [m.id for m in added]
+
+    oldest = await queue.claim(None, 1, lease=30)
+    assert [q.message.id for q in oldest] == [ids[0]]
+    first = await queue.claim({"a"}, 2, lease=30)
+    assert [q.message.id for q in first] == [ids[2], ids[4]]
+    assert await queue.claim({"a"}, 10, lease=30) == [], "claimed, or not due yet"
+    both = await queue.claim({"b", "c"}, 10, lease=30)
+    assert [q.message.id for q in both] == [ids[1], ids[3], ids[5]]
+    assert await queue.claim(None, 10, lease=30) == []
+
+    backend.clock.set(now + timedelta(minutes=2))  # every lease has run out; `later` is due
+    again = await queue.claim({"a"}, 2, lease=30)
+    assert [q.message.id for q in again] == [ids[0], ids[2]]
+    rest = await queue.claim({"a", "b", "c"}, 10, lease=30)
+    assert [q.message.id for q in rest] == [ids[1], ids[3], ids[4], ids[5], later.id]

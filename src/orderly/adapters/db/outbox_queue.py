@@ -77,7 +77,10 @@ class OutboxSignal:
 _TEXTS = postgresql.ARRAY(sa.String)
 
 
-def _claim_statement(dialect: str, with_types: bool) -> Any:
+def _claim_statement(dialect: str, types: str) -> Any:
+    """The claim of up to ``limit`` due rows, oldest first: of any type (``types="all"``), of
+    one (``"one"``: a plain equality, so PostgreSQL walks the ``(type, id)`` index in id order
+    and stops at the limit) or of several (``"many"``)."""
     pending = (
         sa.select(_o.id)
         .where(
@@ -88,26 +91,34 @@ def _claim_statement(dialect: str, with_types: bool) -> Any:
         .order_by(_o.id)
         .limit(sa.bindparam("limit"))
     )
-    if dialect == "postgresql":
-        if with_types:
-            # One array parameter instead of an expanding IN: one statement for every set of
-            # types, run straight on the driver (adapters/db/direct.py).
-            pending = pending.where(_o.type == sa.any_(sa.bindparam("types", type_=_TEXTS)))
-        pending = pending.with_for_update(skip_locked=True)
-    elif with_types:
+    if types == "one":
+        pending = pending.where(_o.type == sa.bindparam("_type"))
+    elif types == "many" and dialect == "postgresql":
+        # One array parameter instead of an expanding IN: one statement for every set of
+        # types, run straight on the driver (adapters/db/direct.py).
+        pending = pending.where(_o.type == sa.any_(sa.bindparam("types", type_=_TEXTS)))
+    elif types == "many":
         pending = pending.where(_o.type.in_(sa.bindparam("types", expanding=True)))
+    if dialect == "postgresql":
+        # The ids as an array (evaluated once), so the update finds its rows by primary key:
+        # `id IN (subquery)` may be planned as a hash join over a scan of the whole table.
+        chosen = _o.id == sa.any_(
+            sa.func.array(pending.with_for_update(skip_locked=True).scalar_subquery())
+        )
+    else:
+        chosen = _o.id.in_(pending.scalar_subquery())
     return (
         outbox_messages.update()
-        .where(_o.id.in_(pending.scalar_subquery()))
+        .where(chosen)
         .values(claimed_by=sa.bindparam("worker"), claimed_until=sa.bindparam("until"))
         .returning(*_RETURNED)
     )
 
 
 _CLAIM = {
-    (dialect, with_types): _claim_statement(dialect, with_types)
+    (dialect, types): _claim_statement(dialect, types)
     for dialect in ("postgresql", "sqlite")
-    for with_types in (True, False)
+    for types in ("all", "one", "many")
 }
 _MARK_SENT = {
     "postgresql": outbox_messages.update()
@@ -202,9 +213,14 @@ class OutboxQueue:
             "worker": self.worker_id,
             "until": now + timedelta(seconds=lease),
         }
+        kind = "all"
         if types is not None:
-            params["types"] = list(types)
-        statement = _CLAIM[(self._dialect, types is not None)]
+            wanted = sorted(types)
+            if len(wanted) == 1:
+                kind, params["_type"] = "one", wanted[0]
+            else:
+                kind, params["types"] = "many", wanted
+        statement = _CLAIM[(self._dialect, kind)]
         async with self._transaction() as conn:
             rows = list((await direct.execute(conn, statement, params)).all())
         rows.sort(key=lambda r: r.id)
