@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -871,6 +871,7 @@ class SqlReservations:
 
 
 _PAYMENT = sa.select(payments).where(payments.c.order_id == sa.bindparam("_order"))
+_PAYMENT_FIELDS = tuple(f.name for f in fields(PaymentRecord))
 
 
 class SqlPaymentRecords:
@@ -897,38 +898,13 @@ class SqlPaymentRecords:
             return self._records[order_id]
         row = (await direct.execute(self._conn, _PAYMENT, {"_order": order_id})).one_or_none()
         record = self._records[order_id] = (
-            None
-            if row is None
-            else PaymentRecord(
-                order_id=row.order_id,
-                gateway=row.gateway,
-                reference=row.reference,
-                status=row.status,
-                currency=row.currency,
-                authorized_minor=row.authorized_minor,
-                captured_minor=row.captured_minor,
-                refunded_minor=row.refunded_minor,
-                decline_code=row.decline_code,
-                message=row.message,
-            )
+            None if row is None else PaymentRecord(*(getattr(row, f) for f in _PAYMENT_FIELDS))
         )
         return record
 
     async def put(self, record: PaymentRecord, now: datetime) -> None:
         self._records[record.order_id] = record
-        self._put[record.order_id] = {
-            "order_id": record.order_id,
-            "gateway": record.gateway,
-            "reference": record.reference,
-            "status": record.status,
-            "currency": record.currency,
-            "authorized_minor": record.authorized_minor,
-            "captured_minor": record.captured_minor,
-            "refunded_minor": record.refunded_minor,
-            "decline_code": record.decline_code,
-            "message": record.message,
-            "updated_at": now,
-        }
+        self._put[record.order_id] = {**asdict(record), "updated_at": now}
 
     async def tombstone(self, order_id: str, currency: str, now: datetime) -> bool:
         if self._records.get(order_id) is not None:
