@@ -202,6 +202,22 @@ async def test_a_versioned_update_moves_only_rows_still_at_the_version_read(
     )
 
 
+async def test_a_held_row_that_moved_anyway_fails_the_commit(
+    backend: Backend, one_statement: bool
+) -> None:
+    async with backend.container.engine.begin() as conn:
+        await conn.execute(sagas.insert(), [saga_row("s-1", 5), saga_row("s-2", 5)])
+    held = [saved("s-1", 5, 7)]
+    await run(backend, one_statement, lambda b: b.add_held(sagas, "id", "version", held, "saga"))
+    moved = [saved("s-1", 5, 8), saved("s-2", 5, 8)]  # s-1 is at version 6 now
+    with pytest.raises(RuntimeError, match="saga s-1 moved under a transaction that held it"):
+        await run(
+            backend, one_statement, lambda b: b.add_held(sagas, "id", "version", moved, "saga")
+        )
+    found = await rows(backend, sa.select(sagas.c.id, sagas.c.version).order_by(sagas.c.id))
+    assert [tuple(r) for r in found] == [("s-1", 6), ("s-2", 5)], "the failed commit wrote nothing"
+
+
 @pytest.mark.parametrize(
     "count", [1, 3, PER_ROW_LIMIT + 4], ids=["one row", "several rows", "many rows (unnest)"]
 )

@@ -308,6 +308,20 @@ class CommitBatch:
         if rows:
             self._writes.append((write, rows, on_returned))
 
+    def add_held(self, table: sa.Table, key: str, version: str, rows: Rows, what: str) -> None:
+        """Versioned updates of rows this transaction holds (locked, or read ``FOR UPDATE``):
+        nobody else can move them, so one that moved anyway fails the commit."""
+        if not rows:
+            return
+        expected = {row[key] for row in rows}
+
+        def check(updated: Returned) -> None:
+            moved = expected - {k for (k,) in updated}
+            if moved:
+                raise RuntimeError(f"{what} {min(moved)} moved under a transaction that held it")
+
+        self.add(Update.versioned(table, key, version, rows), rows, check)
+
     def __bool__(self) -> bool:
         return bool(self._writes)
 

@@ -181,14 +181,7 @@ class SqlSagaStore:
             {"id": saga_id, "_previous": previous, **self._row(self._held[saga_id])}
             for saga_id, previous in sorted(stored.items())
         ]
-
-        def check(updated: list[tuple[Any, ...]]) -> None:
-            moved = set(stored) - {saga_id for (saga_id,) in updated}
-            if moved:
-                raise RuntimeError(f"saga {min(moved)} moved under a transaction that held it")
-
-        if rows:
-            batch.add(Update.versioned(sagas, "id", "version", rows), rows, check)
+        batch.add_held(sagas, "id", "version", rows, "saga")
         entries, self._log = self._log, []
         batch.add(Insert.of(saga_log, entries), entries)
 
@@ -332,14 +325,7 @@ class SqlOrderStream:
         ]
         for row in rows:
             self._stored[row["id"]] = row["version"]
-
-        def check(updated: list[tuple[Any, ...]]) -> None:
-            lost = set(moved) - {order_id for (order_id,) in updated}
-            if lost:
-                raise RuntimeError(f"order {min(lost)} moved under a transaction that locked it")
-
-        if rows:
-            batch.add(Update.versioned(orders, "id", "version", rows), rows, check)
+        batch.add_held(orders, "id", "version", rows, "order")
 
     async def facts(self, order_id: str) -> OrderFacts | None:
         known = self._facts.get(order_id)
