@@ -2,7 +2,8 @@
 inventory read-model rows), on the real PostgreSQL: always in (sku, warehouse) order, and the
 rows shipping and the read model move only for the commit. A transaction that broke either
 rule deadlocked against a reservation (86 deadlocks in one run of the pipeline benchmark,
-whose orders share six SKUs)."""
+whose orders share six SKUs). And the locks a saga step takes as it reads what it is about to
+change (an order's row, an order's reservation), holding them to the commit."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from orderly.adapters.db.repositories import SqlUnitOfWork
-from orderly.adapters.db.tables import rm_inventory_levels, stock
+from orderly.adapters.db.tables import orders, reservations, rm_inventory_levels, stock
 from orderly.domain.inventory import Pick
-from orderly.services.saga_ports import ReservedLine, Shipment
-from tests.conftest import Backend
+from orderly.services.saga_ports import NewOrderEvent, ReservedLine, Shipment
+from tests.conftest import Backend, bearer
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 
@@ -41,13 +43,18 @@ async def holding(
 
 async def can_lock(backend: Backend, table: sa.Table, sku: str, warehouse: str) -> bool:
     """Whether a third transaction gets the row at once (no other transaction holds it)."""
+    return await can_lock_where(
+        backend, table, table.c.sku == sku, table.c.warehouse_id == warehouse
+    )
+
+
+async def can_lock_where(backend: Backend, table: sa.Table, *where: sa.ColumnElement[bool]) -> bool:
+    """Whether a transaction gets the rows of ``table`` matching ``where`` at once."""
     async with backend.container.engine.connect() as conn, conn.begin():
         await conn.execute(sa.text("SET LOCAL lock_timeout = '200ms'"))
         try:
             await conn.execute(
-                sa.select(table.c.sku)
-                .where(table.c.sku == sku, table.c.warehouse_id == warehouse)
-                .with_for_update()
+                sa.select(*table.primary_key.columns).where(*where).with_for_update()
             )
         except sa.exc.DBAPIError as exc:
             if "lock timeout" in str(exc):
@@ -201,3 +208,89 @@ async def test_shipments_read_before_the_reservation_lock_are_read_again_after_i
             ("order-two:WH-NYC", "SHIPPED"),
         ]
         await first.commit()
+
+
+async def test_lines_read_with_the_lock_hold_the_reservation_and_ship_from_what_was_read(
+    backend: Backend,
+) -> None:
+    """The fulfil step reads the order's reserved lines with the reservation locked, so they
+    cannot expire or be released under the shipments made of them; the warehouse, in the same
+    transaction, ships from those lines, and what it settles is what later reads see."""
+    engine = backend.container.engine
+    picks = [Pick("PROD-003", "WH-AUS", 1), Pick("PROD-005", "WH-NYC", 2)]
+    async with SqlUnitOfWork(engine) as uow:
+        await uow.reservations.open("order-held", NOW + timedelta(minutes=15), NOW)
+        assert await uow.reservations.reserve("order-held", picks, NOW)
+        await uow.commit()
+    header = reservations.c.order_id == "order-held"
+    assert await can_lock_where(backend, reservations, header)
+
+    async with SqlUnitOfWork(engine) as uow:
+        held = await uow.reservations.lines("order-held", "ACTIVE", lock=True)
+        assert held == [
+            ReservedLine("PROD-003", "WH-AUS", 1),
+            ReservedLine("PROD-005", "WH-NYC", 2),
+        ]
+        assert not await can_lock_where(backend, reservations, header)
+        assert await uow.reservations.ship("order-held", "WH-NYC", NOW) == [
+            ReservedLine("PROD-005", "WH-NYC", 2)
+        ]
+        assert await uow.reservations.lines("order-held", "ACTIVE") == [
+            ReservedLine("PROD-003", "WH-AUS", 1)
+        ]
+        assert await uow.reservations.lines("order-held", "SHIPPED") == [
+            ReservedLine("PROD-005", "WH-NYC", 2)
+        ]
+        released = await uow.reservations.release("order-held", NOW)
+        assert released == [ReservedLine("PROD-003", "WH-AUS", 1)]
+        assert await uow.reservations.lines("order-held", "ACTIVE") == []
+        await uow.commit()
+    assert await can_lock_where(backend, reservations, header)
+
+    async with SqlUnitOfWork(engine) as uow:  # a fresh read of what the commit wrote
+        assert await uow.reservations.lines("order-held", "SHIPPED") == [
+            ReservedLine("PROD-005", "WH-NYC", 2)
+        ]
+        assert await uow.reservations.lines("order-held", "RELEASED") == [
+            ReservedLine("PROD-003", "WH-AUS", 1)
+        ]
+
+
+async def test_facts_read_with_the_lock_hold_the_order_row_and_appends_move_it_at_commit(
+    backend: Backend, client: Any
+) -> None:
+    """The saga's start reads the order with its row locked (the first step appends to it in
+    the same transaction): no other transaction can move the row meanwhile, the appends number
+    their events from the version read, and the row moves once, at commit."""
+    placed = await client.post(
+        "/api/orders",
+        json={"items": [{"sku": "PROD-001", "quantity": 1}], "paymentMethod": "pm_card_visa"},
+        headers={**bearer(backend, "alice"), "Idempotency-Key": "k-locked-facts"},
+    )
+    assert placed.status_code == 202, placed.text
+    order_id = placed.json()["orderId"]
+    row = orders.c.id == order_id
+    version = sa.select(orders.c.version, orders.c.status).where(row)
+
+    async with backend.container.message_uow() as uow:
+        facts = await uow.order_stream.facts(order_id, lock=True)
+        assert facts is not None
+        assert (facts.version, facts.status) == (1, "PENDING")
+        assert not await can_lock_where(backend, orders, row)
+        first = await uow.order_stream.append(
+            order_id, [NewOrderEvent("order.reserved", {}, status="RESERVED")], NOW, order_id, None
+        )
+        second = await uow.order_stream.append(
+            order_id, [NewOrderEvent("order.noted", {})], NOW, order_id, None
+        )
+        assert [e["version"] for e in [*first, *second]] == [2, 3]
+        async with engine_connect(backend) as conn:  # not moved before the commit
+            assert (await conn.execute(version)).one() == (1, "PENDING")
+        await uow.commit()
+    assert await can_lock_where(backend, orders, row)
+    async with engine_connect(backend) as conn:
+        assert (await conn.execute(version)).one() == (3, "RESERVED")
+
+
+def engine_connect(backend: Backend) -> Any:
+    return backend.container.engine.connect()

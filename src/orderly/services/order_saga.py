@@ -252,7 +252,8 @@ def start_handler(
         order_id = message.payload.get("orderId")
         if not isinstance(order_id, str):
             raise PermanentError("order.placed without an orderId")
-        facts = await uow.order_stream.facts(order_id)
+        # Locked: the saga's first step appends to the order in this transaction.
+        facts = await uow.order_stream.facts(order_id, lock=True)
         if facts is None:
             raise PermanentError(f"order {order_id} does not exist")
         if facts.status != OrderStatus.PENDING:

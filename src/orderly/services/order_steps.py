@@ -531,7 +531,9 @@ def fulfilment_handler(
         if await uow.shipments.for_order(order_id):
             return None  # already requested; the warehouse answers
         facts = await _facts(uow, command)
-        lines = await uow.reservations.lines(order_id, ReservationStatus.ACTIVE)
+        # Locked: the lines cannot expire under the shipments made of them, and the warehouse
+        # (handed off in this transaction, or not) ships from the same lines.
+        lines = await uow.reservations.lines(order_id, ReservationStatus.ACTIVE, lock=True)
         if not lines:
             return ReplyOut(
                 FULFILMENT_FAILED,

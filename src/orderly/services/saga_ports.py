@@ -74,7 +74,10 @@ class NewOrderEvent:
 class OrderStream(Protocol):
     """Orders as the saga reads and moves them. The order row is the stream's projection."""
 
-    async def facts(self, order_id: str) -> OrderFacts | None: ...
+    async def facts(self, order_id: str, *, lock: bool = False) -> OrderFacts | None:
+        """The order as it stands. ``lock``: lock its row to the commit (it is about to be
+        appended to), so the first append need not move the row before the commit."""
+        ...
 
     async def append(
         self,
@@ -112,7 +115,13 @@ class Reservations(Protocol):
         """Reserve every pick (conditional updates) or none: False if stock moved meanwhile."""
         ...
 
-    async def lines(self, order_id: str, status: str | None = None) -> list[ReservedLine]: ...
+    async def lines(
+        self, order_id: str, status: str | None = None, *, lock: bool = False
+    ) -> list[ReservedLine]:
+        """The order's reserved lines (of ``status``), in (sku, warehouse) order. ``lock``: lock
+        the order's reservation first and hold it to the commit, so the lines read cannot change
+        under this transaction (the warehouse's transactions of one order take the same lock)."""
+        ...
 
     async def release(
         self, order_id: str, now: datetime, *, expired: bool = False

@@ -233,6 +233,7 @@ def _order_with_lines() -> Any:
 
 
 _SELECT_ORDER_WITH_LINES = _order_with_lines()
+_LOCK_ORDER_WITH_LINES = _SELECT_ORDER_WITH_LINES.with_for_update(of=orders)
 
 
 def _lines_of(row: Any) -> list[OrderLineFacts]:
@@ -298,6 +299,8 @@ class SqlOrderStream:
     event versions and locks the row until the commit. Later appends in the same transaction
     number their events from the version this transaction holds and move the row at commit
     (:meth:`flush_into`), with the events: one statement for the row however many appends.
+    ``facts(..., lock=True)`` (PostgreSQL) locks the row as it reads it (``FOR UPDATE``); every
+    append then takes the later appends' way.
     """
 
     def __init__(self, conn: AsyncConnection) -> None:
@@ -327,15 +330,22 @@ class SqlOrderStream:
             self._stored[row["id"]] = row["version"]
         batch.add_held(orders, "id", "version", rows, "order")
 
-    async def facts(self, order_id: str) -> OrderFacts | None:
+    async def facts(self, order_id: str, *, lock: bool = False) -> OrderFacts | None:
+        on_postgres = self._conn.dialect.name == "postgresql"
+        lock = lock and on_postgres  # SQLite has one writer: the append moves the row
         known = self._facts.get(order_id)
-        if known is not None:
+        if known is not None and (not lock or order_id in self._stored):
             return known
-        if self._conn.dialect.name == "postgresql":
+        if on_postgres:
+            statement = _LOCK_ORDER_WITH_LINES if lock else _SELECT_ORDER_WITH_LINES
             params = {"order_id": order_id}
-            row = (await direct.execute(self._conn, _SELECT_ORDER_WITH_LINES, params)).one_or_none()
+            row = (await direct.execute(self._conn, statement, params)).one_or_none()
             if row is None:
                 return None
+            if lock:
+                # Locked as the first append would lock it: appends number from this version
+                # and the row moves at commit (:meth:`append`).
+                self._stored[order_id] = row.version
             return self._keep(row, _lines_of(row))
         row = (
             await direct.execute(self._conn, _SELECT_ORDER, {"order_id": order_id})
@@ -604,6 +614,12 @@ class SqlReservations:
         self._new_lines: dict[LineKey, JSON] = {}
         self._settled: dict[LineKey, str] = {}
         self._headers: dict[str, JSON] = {}
+        # PostgreSQL: reservations this transaction locked (``FOR UPDATE`` on the header), with
+        # the header's status, and their lines once read. Every writer of an order's lines
+        # holds that lock, so until the commit only this transaction changes them: the lines
+        # are read once and kept current here.
+        self._locked: dict[str, str] = {}
+        self._held_lines: dict[str, dict[tuple[str, str], tuple[int, str]]] = {}
 
     def flush_into(self, batch: CommitBatch) -> None:
         """The stock ledger entries and the reservations' writes, as writes of ``batch`` (the
@@ -698,7 +714,10 @@ class SqlReservations:
                     )
                 return False
             done.append(pick)
+        held = self._held_lines.get(order_id)
         for p in picks:
+            if held is not None:
+                held[(p.sku, p.warehouse_id)] = (p.quantity, ReservationStatus.ACTIVE.value)
             self._new_lines[(order_id, p.sku, p.warehouse_id)] = {
                 "order_id": order_id,
                 "sku": p.sku,
@@ -718,7 +737,24 @@ class SqlReservations:
         )
         return True
 
-    async def lines(self, order_id: str, status: str | None = None) -> list[ReservedLine]:
+    async def lines(
+        self, order_id: str, status: str | None = None, *, lock: bool = False
+    ) -> list[ReservedLine]:
+        if lock:
+            await self._lock_header(order_id)
+        held = self._held_lines.get(order_id)
+        if held is None and order_id in self._locked:
+            await self._before_read(order_id)
+            rows = await direct.execute(self._conn, _LINES, {"_order": order_id})
+            held = self._held_lines[order_id] = {
+                (r.sku, r.warehouse_id): (r.quantity, r.status) for r in rows
+            }
+        if held is not None:
+            return [
+                ReservedLine(sku, warehouse_id, quantity)
+                for (sku, warehouse_id), (quantity, line_status) in sorted(held.items())
+                if status is None or line_status == status
+            ]
         await self._before_read(order_id)
         if status is None:
             rows = await direct.execute(self._conn, _LINES, {"_order": order_id})
@@ -731,7 +767,10 @@ class SqlReservations:
     async def _settle(
         self, order_id: str, lines: Sequence[ReservedLine], status: ReservationStatus
     ) -> None:
+        held = self._held_lines.get(order_id)
         for line in lines:
+            if held is not None:
+                held[(line.sku, line.warehouse_id)] = (line.quantity, status.value)
             key = (order_id, line.sku, line.warehouse_id)
             made = self._new_lines.get(key)
             if made is not None:
@@ -743,6 +782,8 @@ class SqlReservations:
         moved = self._headers.get(order_id)
         if moved is not None:  # moved by this transaction, which locked it to do so
             return str(moved["status"])
+        if order_id in self._locked:
+            return self._locked[order_id]
         statement = prepared(
             self._conn,
             "reservation.lock",
@@ -753,10 +794,14 @@ class SqlReservations:
                 ),
             ),
         )
-        status = await direct.scalar(self._conn, statement, {"_order": order_id})
+        found = await direct.scalar(self._conn, statement, {"_order": order_id})
         if self._on_lock is not None:
             self._on_lock()
-        return None if status is None else str(status)
+        if found is None:  # no row, so nothing locked
+            return None
+        if self._conn.dialect.name == "postgresql":
+            self._locked[order_id] = str(found)
+        return str(found)
 
     async def release(
         self, order_id: str, now: datetime, *, expired: bool = False
