@@ -135,6 +135,7 @@ class Container:
                 fulfilment_timeout=timedelta(seconds=s.fulfilment_timeout_seconds),
                 review_timeout=timedelta(seconds=s.review_timeout_seconds),
                 retry=Retry(s.retry_attempts, s.retry_base_delay_seconds),
+                step_resends=s.step_resends,
             )
         )
         hooks = OrderSagaHooks(self.clock, self.ids)

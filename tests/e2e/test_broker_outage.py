@@ -118,8 +118,10 @@ async def disturbed(
         "ORDERLY_RETRY_BASE_DELAY_SECONDS": "0.2",
         "ORDERLY_RETRY_ATTEMPTS": "5",
         # A broker that loses confirmed messages in its shutdown (seen with NATS) leaves
-        # orders PENDING; the relay's redrive publishes their order.placed again.
+        # orders PENDING; the relay's redrive publishes their order.placed again. A lost step
+        # command is sent again by the saga, at a third of the step's timeout.
         "ORDERLY_REDRIVE_AFTER_SECONDS": "10",
+        "ORDERLY_STEP_TIMEOUT_SECONDS": "60",
     }
     try:
         async with (
@@ -159,3 +161,9 @@ async def test_orders_placed_around_an_outage_all_end_correctly(
 
     await assert_every_order_decided_once(made, 250)
     await assert_stock_moved_exactly_once(made, before)
+    # An outage fails no order: a message the broker lost in it is sent again (order.placed by
+    # the relay's redrive, a step's command by the saga), so every order ends as its stock says.
+    reasons = await made.rows(
+        "SELECT failure_reason, count(*) FROM orders WHERE status = 'FAILED' GROUP BY 1"
+    )
+    assert {row[0] for row in reasons} <= {"OUT_OF_STOCK"}, reasons

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 
+from orderly.adapters.db.tables import outbox_messages
 from orderly.adapters.payments.simulated import DECLINE_MESSAGES, SimulatedGateway
 from orderly.services.order_saga import ALERT_NEEDS_ATTENTION, NOTIFY_OUTCOME, OrderConflict
 from orderly.services.order_steps import PAYMENT, WAREHOUSE, _fails, warehouse_handler
@@ -409,6 +410,65 @@ async def test_a_step_that_never_answers_times_out_and_its_effects_are_undone(
             f"a failed order keeps an authorization hold: {payment and payment.status}, "
             f"operations {await h.payment_operations(order.id)}"
         )
+        await finished(h, order)
+
+
+async def test_a_command_the_broker_lost_is_sent_again_and_the_order_completes(
+    backend: Backend,
+) -> None:
+    """A broker that loses a confirmed message (seen with NATS stopped while messages arrive)
+    must not fail the order: within the step's timeout the saga sends the command again."""
+    async with saga_harness(backend, step_timeout_seconds=30) as h:
+        async with h.running(exclude=[PAYMENT]):
+            order_id = await h.place({"PROD-001": 2})
+            await h.wait_for_step(order_id, AUTHORIZE)
+        [lost] = await h.outbox("payment.authorize", order_id)
+        async with h.container.engine.begin() as conn:  # the broker lost it
+            await conn.execute(outbox_messages.delete().where(outbox_messages.c.id == lost.id))
+        h.clock.advance(timedelta(seconds=11))  # a third of the step's timeout
+        assert await h.sweep() == 1
+        async with h.running():
+            order = await h.settle(order_id)
+        assert order.status == "CONFIRMED"
+        assert await h.saga_log(order_id, "step.resent") == [("step.resent", "authorize")]
+        [again] = await h.outbox("payment.authorize", order_id)
+        assert again.message_id != lost.message_id
+        assert (await h.payment(order_id)).status == "CAPTURED"
+        await finished(h, order)
+
+
+async def test_a_resent_command_that_runs_after_the_first_answers_again_and_changes_nothing(
+    backend: Backend,
+) -> None:
+    """The first authorize was only slow: it runs, and the order is captured and confirmed;
+    then the one sent again runs. It finds the authorization recorded, answers as the first
+    did (a reply the saga ignores) and leaves the captured record as it is."""
+    async with saga_harness(backend, step_timeout_seconds=30) as h:
+        async with h.running(exclude=[PAYMENT]):
+            order_id = await h.place({"PROD-001": 2})
+            await h.wait_for_step(order_id, AUTHORIZE)
+        h.clock.advance(timedelta(seconds=11))
+        assert await h.sweep() == 1
+        _first, again = await h.outbox("payment.authorize", order_id)
+        later = outbox_messages.update().where(outbox_messages.c.id == again.id)
+        async with h.container.engine.begin() as conn:  # held back until the order is done
+            await conn.execute(later.values(available_at=h.clock.now() + timedelta(hours=1)))
+        async with h.running():
+            order = await h.settle(order_id)
+            assert order.status == "CONFIRMED"
+            assert (await h.payment(order_id)).status == "CAPTURED"
+            async with h.container.engine.begin() as conn:
+                await conn.execute(later.values(available_at=h.clock.now()))
+            await h.wait_until(lambda: _all_sent(h, order_id), "every command answered")
+        payment = await h.payment(order_id)
+        assert (payment.status, payment.authorized_minor, payment.captured_minor) == (
+            "CAPTURED",
+            order.total_minor,
+            order.total_minor,
+        )
+        assert (await h.order(order_id)).status == "CONFIRMED"
+        kinds = [kind for kind, _, _ in await h.payment_operations(order_id)]
+        assert sorted(kinds) == ["authorize", "authorize", "capture"]
         await finished(h, order)
 
 

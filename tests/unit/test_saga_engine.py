@@ -52,7 +52,9 @@ CHARGE_TIMEOUT = timedelta(minutes=1)
 FARE_EXPIRED = "trip.fare_expired"
 
 
-def trip_saga(*, hotel_compensation: bool = True, resends: int = 2) -> SagaDefinition:
+def trip_saga(
+    *, hotel_compensation: bool = True, resends: int = 2, hotel_resends: int = 0
+) -> SagaDefinition:
     return SagaDefinition(
         name="trip",
         steps=(
@@ -84,6 +86,7 @@ def trip_saga(*, hotel_compensation: bool = True, resends: int = 2) -> SagaDefin
                 hold_milestone="WAITLISTED",
                 milestone="HOTEL_BOOKED",
                 cancellable=True,
+                resends=hotel_resends,
             ),
             Step(
                 name="charge",
@@ -400,6 +403,82 @@ def test_a_timed_out_step_without_compensation_is_skipped() -> None:
     trip.succeed("book_flight")
     assert types(trip.expire()) == ["flight.cancel"]
     assert trip.state.reason == "HOTEL_TIMEOUT"
+
+
+# --- resends of an unanswered command ----------------------------------------------------------
+
+
+def test_an_unanswered_command_is_sent_again_evenly_within_its_timeout_then_fails() -> None:
+    trip = Trip(trip_saga(hotel_resends=2))
+    trip.succeed("book_flight")
+    requested = trip.now
+    third = HOTEL_TIMEOUT / 3
+    assert trip.state.deadline == requested + third
+    for n in (1, 2):
+        again = trip.expire()
+        assert types(again) == ["hotel.book"]
+        assert [c.payload["step"] for c in again.commands] == ["book_hotel"]
+        assert [(e.kind, e.detail) for e in again.log] == [("step.resent", {"resend": n})]
+        assert trip.state.status is SagaStatus.RUNNING
+        assert trip.state.step_status is StepStatus.REQUESTED
+        assert trip.state.deadline == requested + third * (n + 1)
+    assert trip.now == requested + third * 2
+    failed = trip.expire()  # the step's whole timeout has passed
+    assert trip.now == requested + HOTEL_TIMEOUT
+    assert types(failed) == ["hotel.cancel"]
+    assert trip.state.reason == "HOTEL_TIMEOUT"
+    assert "step.timed_out" in [e.kind for e in failed.log]
+
+
+def test_a_reply_to_a_resent_command_goes_on_as_any_reply_and_resets_the_count() -> None:
+    trip = Trip(trip_saga(hotel_resends=2))
+    trip.succeed("book_flight")
+    trip.expire()
+    assert trip.state.resends == 1
+    assert types(trip.succeed("book_hotel")) == ["card.charge"]
+    assert trip.state.resends == 0
+    assert not trip.succeed("book_hotel").changed  # the first command's late answer
+
+
+def test_a_clock_past_the_whole_timeout_fails_the_step_without_resending() -> None:
+    trip = Trip(trip_saga(hotel_resends=2))
+    trip.succeed("book_flight")
+    failed = trip.tick(HOTEL_TIMEOUT)
+    assert types(failed) == ["hotel.cancel"]
+    assert trip.state.reason == "HOTEL_TIMEOUT"
+
+
+def test_a_held_step_is_not_resent() -> None:
+    trip = Trip(trip_saga(hotel_resends=2))
+    trip.succeed("book_flight")
+    trip.reply("hotel.waitlisted", "book_hotel")
+    assert trip.state.deadline == trip.now + WAITLIST_TIMEOUT
+    expired = trip.expire()
+    assert "hotel.book" not in types(expired)
+    assert trip.state.reason == "WAITLIST_EXPIRED"
+
+
+def test_a_step_without_resends_keeps_its_whole_timeout() -> None:
+    trip = Trip()
+    trip.succeed("book_flight")
+    assert trip.state.deadline == trip.now + HOTEL_TIMEOUT
+
+
+def test_negative_resends_are_refused() -> None:
+    with pytest.raises(ValueError, match="negative resends"):
+        SagaDefinition("bad", (Step("a", "a.do", succeeded=frozenset({"a.done"}), resends=-1),))
+
+
+def test_the_order_saga_resends_reserve_authorize_and_capture_only() -> None:
+    definition = order_saga()
+    assert {s.name: s.resends for s in definition.steps} == {
+        "reserve": 2,
+        "fraud": 0,
+        "authorize": 2,
+        "fulfil": 0,
+        "capture": 2,
+        "complete": 0,
+    }
 
 
 # --- holds -------------------------------------------------------------------------------------

@@ -53,6 +53,10 @@ class OrderSagaConfig:
     fulfilment_timeout: timedelta = timedelta(minutes=30)
     review_timeout: timedelta = timedelta(minutes=10)
     retry: Retry = field(default_factory=Retry)
+    step_resends: int = 2
+    """Resends of an unanswered reserve, authorize or capture command within the step
+    timeout (their handlers answer again when run twice: the reservation exists, the gateway
+    call carries the order's key)."""
 
 
 def order_saga(config: OrderSagaConfig | None = None) -> SagaDefinition:
@@ -69,6 +73,7 @@ def order_saga(config: OrderSagaConfig | None = None) -> SagaDefinition:
                 compensated=frozenset({STOCK_RELEASED}),
                 timeout=c.step_timeout,
                 retry=c.retry,
+                resends=c.step_resends,
                 milestone=OrderStatus.RESERVED,
                 cancellable=True,
             ),
@@ -94,6 +99,7 @@ def order_saga(config: OrderSagaConfig | None = None) -> SagaDefinition:
                 compensated=frozenset({PAYMENT_VOIDED}),
                 timeout=c.step_timeout,
                 retry=c.retry,
+                resends=c.step_resends,
                 milestone=OrderStatus.PAYMENT_AUTHORIZED,
                 cancellable=True,
             ),
@@ -118,6 +124,7 @@ def order_saga(config: OrderSagaConfig | None = None) -> SagaDefinition:
                 compensated=frozenset({PAYMENT_REFUNDED}),
                 timeout=c.step_timeout,
                 retry=c.retry,
+                resends=c.step_resends,
             ),
             Step(name="complete", command=None, milestone=OrderStatus.CONFIRMED),
         ),

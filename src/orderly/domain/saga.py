@@ -3,7 +3,9 @@
 A definition is an ordered list of steps. Each step sends one command and waits for a reply
 event: a success advances to the next step, a failure compensates the finished steps in
 reverse, a *hold* (a review) parks the step until a later reply or its hold timeout. A step that
-does not answer within its timeout fails the saga. Compensations run one at a time, each
+does not answer within its timeout fails the saga; a step with ``resends`` has its command sent
+again, evenly within that timeout, while no reply has come (a broker that lost a confirmed
+message), and still fails at the timeout. Compensations run one at a time, each
 waiting for its own reply; one that does not answer is sent again, and one that keeps failing
 parks the saga in NEEDS_ATTENTION.
 
@@ -94,6 +96,16 @@ class Step:
     partial: bool = False
     """The step may fail after doing part of its work (one of two shipments left): its own
     compensation runs when it fails, not only the earlier steps'."""
+    resends: int = 0
+    """Times the command is sent again while no reply has come, evenly within ``timeout``
+    (with 2, at a third and two thirds of it); the step still fails at ``timeout``. Only for a
+    command whose handler, run again under a new message id, answers again and does nothing
+    twice."""
+
+    @property
+    def resend_interval(self) -> timedelta:
+        """Time from the request (or a resend) to the next resend or the timeout."""
+        return self.timeout / (self.resends + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +137,8 @@ class SagaDefinition:
             replies = step.succeeded | step.failed | step.held | step.compensated
             if step.command is not None and not step.succeeded:
                 raise ValueError(f"saga {self.name}: step {step.name} has no success reply")
+            if step.resends < 0:
+                raise ValueError(f"saga {self.name}: step {step.name} has negative resends")
             if step.compensation is not None and not step.compensated:
                 raise ValueError(f"saga {self.name}: step {step.name} compensation has no reply")
             if replies & seen:
@@ -308,6 +322,16 @@ def on_timeout(definition: SagaDefinition, state: SagaState, now: datetime) -> D
             # A held step may have done something undoable before it held: undo it blind.
             how = _UNCERTAIN if step.compensation is not None else _NOT_DONE
             out.fail(step.hold_timeout_reason, {"step": step.name, "error": "hold expired"}, how)
+        elif (
+            state.step_status is StepStatus.REQUESTED
+            and state.resends < step.resends
+            # A clock that jumped past the whole timeout fails the step at once.
+            and now < state.deadline + step.resend_interval * (step.resends - state.resends)
+        ):
+            out.log("step.resent", step.name, {"resend": state.resends + 1})
+            out.set(resends=state.resends + 1, deadline=state.deadline + step.resend_interval)
+            out.send_step(step)
+            return out.decision()
         else:
             out.log("step.timed_out", step.name)
             out.fail(
@@ -445,12 +469,8 @@ class _Builder:
                 self.milestone(step.start_milestone, step.name)
             if step.command is not None:
                 self.log("step.requested", step.name)
-                self.set(step_status=StepStatus.REQUESTED, deadline=self.now + step.timeout)
-                self._commands.append(
-                    SagaCommand(
-                        step.command, step.name, False, self.payload(step, compensation=False)
-                    )
-                )
+                self.set(step_status=StepStatus.REQUESTED, deadline=self.now + step.resend_interval)
+                self.send_step(step)
                 return
             self.log("step.succeeded", step.name)
             self.set(done=(*self.state.done, step.name))
@@ -495,6 +515,12 @@ class _Builder:
             position -= 1
         self.log("saga.compensated", None, {"reason": self.state.reason})
         self.set(status=SagaStatus.COMPENSATED, step_status=StepStatus.IDLE, deadline=None)
+
+    def send_step(self, step: Step) -> None:
+        assert step.command is not None
+        self._commands.append(
+            SagaCommand(step.command, step.name, False, self.payload(step, compensation=False))
+        )
 
     def send_compensation(self, step: Step) -> None:
         assert step.compensation is not None

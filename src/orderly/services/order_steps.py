@@ -331,6 +331,10 @@ def payment_handler(
                     "error": "voided before authorization",
                 },
             )
+        if existing is not None:
+            # Recorded by an earlier run of this step (the command sent again): answer as then
+            # and leave the record, which may have moved on (captured, refunded) since.
+            return _authorization_reply(existing)
         await uow.payments.put(
             PaymentRecord(
                 order_id=order_id,
@@ -406,6 +410,13 @@ def payment_handler(
                     "declineCode": result.decline_code,
                     "message": result.message,
                 },
+            )
+        if record is not None and record.status in _CAPTURED_OR_AFTER:
+            # Recorded by an earlier run of this step (the command sent again): answer as then
+            # and leave the record, which may have been refunded since.
+            return ReplyOut(
+                PAYMENT_CAPTURED,
+                {"amountMinor": record.captured_minor, "transactionId": result.reference},
             )
         if record is not None:
             await uow.payments.put(
@@ -494,6 +505,25 @@ def _void_late_authorization(
         created_at=now,
         correlation_id=command.message.correlation_id,
         causation_id=command.message.id,
+    )
+
+
+_CAPTURED_OR_AFTER = frozenset({"CAPTURED", "PARTIALLY_REFUNDED", "REFUNDED"})
+
+
+def _authorization_reply(record: PaymentRecord) -> ReplyOut:
+    """The reply the authorize step gave when it recorded ``record``."""
+    if record.status == "DECLINED":
+        return ReplyOut(
+            PAYMENT_DECLINED,
+            {
+                "reason": FailureReason.PAYMENT_DECLINED.value,
+                "declineCode": record.decline_code,
+                "message": record.message,
+            },
+        )
+    return ReplyOut(
+        PAYMENT_AUTHORIZED, {"reference": record.reference, "amountMinor": record.authorized_minor}
     )
 
 
