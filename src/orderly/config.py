@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     # The order saga and its services.
     step_timeout_seconds: float = Field(default=120.0, gt=0)
     step_resends: int = Field(default=2, ge=0, le=10)
-    """An unanswered reserve, authorize or capture command is sent again this many times,
-    evenly within the step timeout (a broker that lost a confirmed message)."""
+    """An unanswered reserve, authorize, fulfil or capture command is sent again this many
+    times, evenly within its step's timeout (a broker that lost a confirmed message)."""
     fulfilment_timeout_seconds: float = Field(default=1800.0, gt=0)
     review_timeout_seconds: float = Field(default=600.0, gt=0)
     reservation_ttl_seconds: float = Field(default=900.0, gt=0)

@@ -437,6 +437,37 @@ async def test_a_command_the_broker_lost_is_sent_again_and_the_order_completes(
         await finished(h, order)
 
 
+async def test_a_lost_order_to_ship_is_given_again_by_the_resent_fulfil_command(
+    backend: Backend,
+) -> None:
+    """The fulfil command ran and made the shipment, but the broker lost the warehouse's order
+    to ship it. The fulfil command sent again finds the shipment still requested and asks the
+    warehouse again; the order completes."""
+    async with saga_harness(backend, fulfilment_timeout_seconds=30) as h:
+        async with h.running(exclude=[WAREHOUSE]):
+            order_id = await h.place({"PROD-001": 2})
+            await h.wait_for_step(order_id, FULFIL)
+            await h.wait_until(
+                lambda: _has(h, "warehouse.ship", order_id), "the order to ship is written"
+            )
+        [lost] = await h.outbox("warehouse.ship", order_id)
+        async with h.container.engine.begin() as conn:  # the broker lost it
+            await conn.execute(outbox_messages.delete().where(outbox_messages.c.id == lost.id))
+        h.clock.advance(timedelta(seconds=11))
+        assert await h.sweep() == 1
+        async with h.running():
+            order = await h.settle(order_id)
+        assert order.status == "CONFIRMED"
+        assert await h.saga_log(order_id, "step.resent") == [("step.resent", "fulfil")]
+        assert [s.status for s in await h.shipments(order_id)] == ["SHIPPED"]
+        assert (await h.payment(order_id)).status == "CAPTURED"
+        await finished(h, order)
+
+
+async def _has(h: SagaHarness, type_: str, order_id: str) -> bool:
+    return bool(await h.outbox(type_, order_id))
+
+
 async def test_a_resent_command_that_runs_after_the_first_answers_again_and_changes_nothing(
     backend: Backend,
 ) -> None:

@@ -469,13 +469,13 @@ def test_negative_resends_are_refused() -> None:
         SagaDefinition("bad", (Step("a", "a.do", succeeded=frozenset({"a.done"}), resends=-1),))
 
 
-def test_the_order_saga_resends_reserve_authorize_and_capture_only() -> None:
+def test_the_order_saga_resends_every_command_but_the_fraud_check() -> None:
     definition = order_saga()
     assert {s.name: s.resends for s in definition.steps} == {
         "reserve": 2,
         "fraud": 0,
         "authorize": 2,
-        "fulfil": 0,
+        "fulfil": 2,
         "capture": 2,
         "complete": 0,
     }

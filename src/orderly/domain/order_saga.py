@@ -54,9 +54,9 @@ class OrderSagaConfig:
     review_timeout: timedelta = timedelta(minutes=10)
     retry: Retry = field(default_factory=Retry)
     step_resends: int = 2
-    """Resends of an unanswered reserve, authorize or capture command within the step
+    """Resends of an unanswered reserve, authorize, fulfil or capture command within its step's
     timeout (their handlers answer again when run twice: the reservation exists, the gateway
-    call carries the order's key)."""
+    call carries the order's key, the warehouse ships a shipment once)."""
 
 
 def order_saga(config: OrderSagaConfig | None = None) -> SagaDefinition:
@@ -112,6 +112,7 @@ def order_saga(config: OrderSagaConfig | None = None) -> SagaDefinition:
                 compensated=frozenset({SHIPMENTS_CANCELLED}),
                 timeout=c.fulfilment_timeout,
                 retry=c.retry,
+                resends=c.step_resends,
                 start_milestone=OrderStatus.FULFILLING,
                 partial=True,
             ),

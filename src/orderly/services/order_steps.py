@@ -558,8 +558,14 @@ def fulfilment_handler(
 
     async def request(uow: MessageUnitOfWork, command: Command) -> ReplyOut | None:
         order_id = command.saga_key
-        if await uow.shipments.for_order(order_id):
-            return None  # already requested; the warehouse answers
+        requested = await uow.shipments.for_order(order_id)
+        if requested:
+            # Sent again (the saga heard nothing): ask the warehouse again for what it has not
+            # shipped, in case the broker lost that; it ships a shipment once, and answers.
+            for shipment in requested:
+                if shipment.status == "REQUESTED":
+                    await uow.outbox.add(_ship(command, shipment.id, settings, ids, clock.now()))
+            return None
         facts = await _facts(uow, command)
         # Locked: the lines cannot expire under the shipments made of them, and the warehouse
         # (handed off in this transaction, or not) ships from the same lines.
@@ -589,18 +595,7 @@ def fulfilment_handler(
         ]
         await uow.shipments.create(shipments)
         for shipment in shipments:
-            await uow.outbox.add(
-                Message(
-                    id=ids.new_id(),
-                    type=SHIP_FROM_WAREHOUSE,
-                    key=order_id,
-                    payload={**command.message.payload, "shipmentId": shipment.id},
-                    created_at=now,
-                    correlation_id=command.message.correlation_id,
-                    causation_id=command.message.id,
-                    not_before=now + settings.warehouse_delay if settings.warehouse_delay else None,
-                )
-            )
+            await uow.outbox.add(_ship(command, shipment.id, settings, ids, now))
         return None
 
     async def cancel(uow: MessageUnitOfWork, command: Command) -> ReplyOut:
@@ -622,6 +617,22 @@ def fulfilment_handler(
         ids=ids,
         policy=policy,
         work=work,
+    )
+
+
+def _ship(
+    command: Command, shipment_id: str, settings: StepSettings, ids: IdGenerator, now: datetime
+) -> Message:
+    """The warehouse's order to ship ``shipment_id`` (after the configured delay)."""
+    return Message(
+        id=ids.new_id(),
+        type=SHIP_FROM_WAREHOUSE,
+        key=command.saga_key,
+        payload={**command.message.payload, "shipmentId": shipment_id},
+        created_at=now,
+        correlation_id=command.message.correlation_id,
+        causation_id=command.message.id,
+        not_before=now + settings.warehouse_delay if settings.warehouse_delay else None,
     )
 
 
