@@ -125,6 +125,19 @@ def bearer(backend: Backend, user: str, role: str = "customer") -> dict[str, str
     return {"Authorization": f"Bearer {backend.container.tokens.issue(user, role)}"}
 
 
+async def place_order(
+    client: httpx.AsyncClient, backend: Backend, key: str, items: list[dict[str, object]]
+) -> str:
+    """POST an order for alice (``pm_card_visa``) under idempotency key ``key``; its id."""
+    placed = await client.post(
+        "/api/orders",
+        json={"items": items, "paymentMethod": "pm_card_visa"},
+        headers={**bearer(backend, "alice"), "Idempotency-Key": key},
+    )
+    assert placed.status_code == 202, placed.text
+    return str(placed.json()["orderId"])
+
+
 @pytest.fixture
 def alice(backend: Backend) -> dict[str, str]:
     return bearer(backend, "alice")

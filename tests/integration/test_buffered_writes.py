@@ -40,7 +40,7 @@ from orderly.services.saga_ports import (
     ReservedLine,
     Shipment,
 )
-from tests.conftest import Backend, bearer
+from tests.conftest import Backend, place_order
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -136,13 +136,7 @@ async def test_order_events_appended_in_a_transaction_are_read_back_by_its_proje
 ) -> None:
     """The read model fills a gap from the stored stream; events this transaction appended
     are still in its buffer and must be written before that read."""
-    placed = await client.post(
-        "/api/orders",
-        json={"items": [{"sku": "PROD-001", "quantity": 1}], "paymentMethod": "pm_card_visa"},
-        headers={**bearer(backend, "alice"), "Idempotency-Key": "k-1"},
-    )
-    assert placed.status_code == 202, placed.text
-    order_id = placed.json()["orderId"]
+    order_id = await place_order(client, backend, "k-1", [{"sku": "PROD-001", "quantity": 1}])
 
     async with backend.container.message_uow() as uow:
         facts = await uow.order_stream.facts(order_id)
@@ -185,13 +179,7 @@ async def test_ledger_entries_and_payment_operations_are_written_by_the_commit_o
     """Both logs are buffered until commit (on PostgreSQL they go in the commit's one
     statement): a commit writes each entry once, with the stock move it records; a rollback
     writes neither."""
-    placed = await client.post(
-        "/api/orders",
-        json={"items": [{"sku": "PROD-003", "quantity": 1}], "paymentMethod": "pm_card_visa"},
-        headers={**bearer(backend, "alice"), "Idempotency-Key": "k-logs"},
-    )
-    assert placed.status_code == 202, placed.text
-    order_id = placed.json()["orderId"]
+    order_id = await place_order(client, backend, "k-logs", [{"sku": "PROD-003", "quantity": 1}])
     ledger = sa.select(stock_ledger.c.kind, stock_ledger.c.on_hand_delta).where(
         stock_ledger.c.order_id == order_id
     )
@@ -218,16 +206,6 @@ async def test_ledger_entries_and_payment_operations_are_written_by_the_commit_o
     assert await stored(backend, on_hand) == [(before + 2,)]
 
 
-async def place(client: Any, backend: Backend, key: str, items: list[dict[str, Any]]) -> str:
-    placed = await client.post(
-        "/api/orders",
-        json={"items": items, "paymentMethod": "pm_card_visa"},
-        headers={**bearer(backend, "alice"), "Idempotency-Key": key},
-    )
-    assert placed.status_code == 202, placed.text
-    return str(placed.json()["orderId"])
-
-
 async def test_an_order_appended_to_twice_in_a_transaction_moves_its_row_at_commit(
     backend: Backend, client: Any
 ) -> None:
@@ -235,7 +213,7 @@ async def test_an_order_appended_to_twice_in_a_transaction_moves_its_row_at_comm
     version the transaction holds and moves the row at commit: the row ends at the last
     version and the last status, the events are numbered without a gap, and a rollback leaves
     the row as it was."""
-    order_id = await place(client, backend, "k-twice", [{"sku": "PROD-001", "quantity": 1}])
+    order_id = await place_order(client, backend, "k-twice", [{"sku": "PROD-001", "quantity": 1}])
     row = sa.select(orders.c.version, orders.c.status, orders.c.failure_reason).where(
         orders.c.id == order_id
     )
@@ -303,7 +281,7 @@ async def test_an_append_before_any_read_gives_the_order_facts_a_read_would(
 ) -> None:
     """On PostgreSQL the first append returns the whole order with its lines, so the facts
     asked for after it need no read; they must be what a read gives."""
-    order_id = await place(
+    order_id = await place_order(
         client,
         backend,
         "k-facts",
@@ -364,7 +342,7 @@ async def test_a_payment_record_put_is_read_back_in_the_transaction_and_written_
 async def test_an_idempotency_record_follows_its_order_at_commit(
     backend: Backend, client: Any
 ) -> None:
-    order_id = await place(client, backend, "k-follow", [{"sku": "PROD-001", "quantity": 1}])
+    order_id = await place_order(client, backend, "k-follow", [{"sku": "PROD-001", "quantity": 1}])
     query = sa.select(idempotency_keys.c.resource_status).where(
         idempotency_keys.c.resource_id == order_id
     )

@@ -20,7 +20,7 @@ from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.tables import orders, reservations, rm_inventory_levels, stock
 from orderly.domain.inventory import Pick
 from orderly.services.saga_ports import NewOrderEvent, ReservedLine, Shipment
-from tests.conftest import Backend, bearer
+from tests.conftest import Backend, place_order
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 
@@ -72,6 +72,14 @@ async def stock_rows(backend: Backend, *keys: tuple[str, str]) -> dict[str, tupl
         return {r.sku: (r.on_hand, r.reserved) for r in rows}
 
 
+async def reserved(backend: Backend, order_id: str, picks: list[Pick]) -> None:
+    """A committed reservation of ``picks`` for ``order_id``."""
+    async with SqlUnitOfWork(backend.container.engine) as uow:
+        await uow.reservations.open(order_id, NOW + timedelta(minutes=15), NOW)
+        assert await uow.reservations.reserve(order_id, picks, NOW)
+        await uow.commit()
+
+
 async def reservation_status(uow: SqlUnitOfWork, order_id: str) -> str | None:
     return await uow.reservations._lock_header(order_id)
 
@@ -106,10 +114,7 @@ async def test_a_reservation_locks_its_stock_rows_in_key_order(backend: Backend)
 async def test_shipping_holds_the_stock_rows_only_for_the_commit(backend: Backend) -> None:
     engine = backend.container.engine
     picks = [Pick("PROD-003", "WH-AUS", 2), Pick("PROD-005", "WH-NYC", 1)]
-    async with SqlUnitOfWork(engine) as uow:
-        await uow.reservations.open("order-ship", NOW + timedelta(minutes=15), NOW)
-        assert await uow.reservations.reserve("order-ship", picks, NOW)
-        await uow.commit()
+    await reserved(backend, "order-ship", picks)
     shipping = (("PROD-003", "WH-AUS"), ("PROD-005", "WH-NYC"))
     before = await stock_rows(backend, *shipping)
 
@@ -218,10 +223,7 @@ async def test_lines_read_with_the_lock_hold_the_reservation_and_ship_from_what_
     transaction, ships from those lines, and what it settles is what later reads see."""
     engine = backend.container.engine
     picks = [Pick("PROD-003", "WH-AUS", 1), Pick("PROD-005", "WH-NYC", 2)]
-    async with SqlUnitOfWork(engine) as uow:
-        await uow.reservations.open("order-held", NOW + timedelta(minutes=15), NOW)
-        assert await uow.reservations.reserve("order-held", picks, NOW)
-        await uow.commit()
+    await reserved(backend, "order-held", picks)
     header = reservations.c.order_id == "order-held"
     assert await can_lock_where(backend, reservations, header)
 
@@ -262,13 +264,8 @@ async def test_facts_read_with_the_lock_hold_the_order_row_and_appends_move_it_a
     """The saga's start reads the order with its row locked (the first step appends to it in
     the same transaction): no other transaction can move the row meanwhile, the appends number
     their events from the version read, and the row moves once, at commit."""
-    placed = await client.post(
-        "/api/orders",
-        json={"items": [{"sku": "PROD-001", "quantity": 1}], "paymentMethod": "pm_card_visa"},
-        headers={**bearer(backend, "alice"), "Idempotency-Key": "k-locked-facts"},
-    )
-    assert placed.status_code == 202, placed.text
-    order_id = placed.json()["orderId"]
+    items = [{"sku": "PROD-001", "quantity": 1}]
+    order_id = await place_order(client, backend, "k-locked-facts", items)
     row = orders.c.id == order_id
     version = sa.select(orders.c.version, orders.c.status).where(row)
 
@@ -284,13 +281,9 @@ async def test_facts_read_with_the_lock_hold_the_order_row_and_appends_move_it_a
             order_id, [NewOrderEvent("order.noted", {})], NOW, order_id, None
         )
         assert [e["version"] for e in [*first, *second]] == [2, 3]
-        async with engine_connect(backend) as conn:  # not moved before the commit
+        async with backend.container.engine.connect() as conn:  # not moved before the commit
             assert (await conn.execute(version)).one() == (1, "PENDING")
         await uow.commit()
     assert await can_lock_where(backend, orders, row)
-    async with engine_connect(backend) as conn:
+    async with backend.container.engine.connect() as conn:
         assert (await conn.execute(version)).one() == (3, "RESERVED")
-
-
-def engine_connect(backend: Backend) -> Any:
-    return backend.container.engine.connect()

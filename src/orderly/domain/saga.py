@@ -325,7 +325,7 @@ def on_timeout(definition: SagaDefinition, state: SagaState, now: datetime) -> D
         elif (
             state.step_status is StepStatus.REQUESTED
             and state.resends < step.resends
-            # A clock that jumped past the whole timeout fails the step at once.
+            # The step's own timeout: a clock that jumped past it fails the step at once.
             and now < state.deadline + step.resend_interval * (step.resends - state.resends)
         ):
             out.log("step.resent", step.name, {"resend": state.resends + 1})

@@ -335,34 +335,20 @@ def payment_handler(
             # Recorded by an earlier run of this step (the command sent again): answer as then
             # and leave the record, which may have moved on (captured, refunded) since.
             return _authorization_reply(existing)
-        await uow.payments.put(
-            PaymentRecord(
-                order_id=order_id,
-                gateway=gateway_name,
-                reference=result.reference,
-                status="AUTHORIZED" if result.ok else "DECLINED",
-                currency=str(context.get("currency", "")),
-                authorized_minor=result.amount_minor if result.ok else 0,
-                captured_minor=0,
-                refunded_minor=0,
-                decline_code=result.decline_code,
-                message=result.message,
-            ),
-            now,
+        record = PaymentRecord(
+            order_id=order_id,
+            gateway=gateway_name,
+            reference=result.reference,
+            status="AUTHORIZED" if result.ok else "DECLINED",
+            currency=str(context.get("currency", "")),
+            authorized_minor=result.amount_minor if result.ok else 0,
+            captured_minor=0,
+            refunded_minor=0,
+            decline_code=result.decline_code,
+            message=result.message,
         )
-        if result.ok:
-            return ReplyOut(
-                PAYMENT_AUTHORIZED,
-                {"reference": result.reference, "amountMinor": result.amount_minor},
-            )
-        return ReplyOut(
-            PAYMENT_DECLINED,
-            {
-                "reason": FailureReason.PAYMENT_DECLINED.value,
-                "declineCode": result.decline_code,
-                "message": result.message,
-            },
-        )
+        await uow.payments.put(record, now)
+        return _authorization_reply(record)
 
     async def _voided(
         uow: MessageUnitOfWork, command: Command, result: PaymentResult | None
@@ -512,7 +498,7 @@ _CAPTURED_OR_AFTER = frozenset({"CAPTURED", "PARTIALLY_REFUNDED", "REFUNDED"})
 
 
 def _authorization_reply(record: PaymentRecord) -> ReplyOut:
-    """The reply the authorize step gave when it recorded ``record``."""
+    """The authorize step's reply for the authorization it recorded (first run or again)."""
     if record.status == "DECLINED":
         return ReplyOut(
             PAYMENT_DECLINED,
