@@ -23,7 +23,7 @@ from orderly.adapters.db.schema import check_schema
 from orderly.adapters.db.seed import seed_demo_catalogue
 from orderly.adapters.db.views import SqlViews
 from orderly.adapters.system import SystemClock, UuidGenerator
-from orderly.adapters.transports.local import LocalTransport
+from orderly.adapters.transports.local import LocalTransport, OutboxDeliveries
 from orderly.config import Settings
 from orderly.domain.fraud import FraudConfig, FraudEngine, default_rules
 from orderly.domain.inventory import AllocationStrategy
@@ -31,7 +31,7 @@ from orderly.domain.order_saga import OrderSagaConfig, order_saga
 from orderly.domain.saga import Retry
 from orderly.services.consumer import ConsumerRuntime, Handler, RetryPolicy, RuntimeOptions
 from orderly.services.dead_letters import DeadLetterDesk
-from orderly.services.messaging import Transport
+from orderly.services.messaging import OwnDeliveries, Transport
 from orderly.services.notifications import Notifier
 from orderly.services.order_aftercare import (
     ReservationSweeper,
@@ -218,6 +218,11 @@ class Container:
             batch=self.settings.worker_batch,
             hand_off_limit=self.settings.worker_hand_off_limit,
         )
+        own: OwnDeliveries = (
+            transport
+            if isinstance(transport, LocalTransport)
+            else OutboxDeliveries(self.outbox_queue(), lease=self.settings.redelivery_after_seconds)
+        )
         return ConsumerRuntime(
             transport,
             self.message_uow,
@@ -225,6 +230,7 @@ class Container:
             clock=self.clock,
             alerts=self.alerts(),
             options=options,
+            own=own,
         )
 
     def relay(self, transport: Transport) -> Relay:

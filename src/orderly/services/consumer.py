@@ -1,8 +1,9 @@
 """The consumer runtime: one behaviour above every transport.
 
 For each delivery, in ONE database transaction: record ``(consumer, message id)`` in the inbox
-(a duplicate is acknowledged and skipped), run the handler, and (local transport) acknowledge
-the outbox row; commit, then acknowledge to the broker. A failure is logged as an attempt; a
+(a duplicate is acknowledged and skipped), run the handler, and (local transport, or a message
+the worker delivered to itself) acknowledge the outbox row; commit, then acknowledge to the
+broker. A failure is logged as an attempt; a
 transient one is retried after an exponential, jittered delay by the transport (never blocking
 other messages); a permanent one, or the last attempt, parks the message in the dead-letter
 store with its context, runs the handler's ``on_dead_letter`` (an order is failed), removes it
@@ -29,6 +30,7 @@ from orderly.domain.events import Message
 from orderly.services.messaging import (
     H_REPLAY_OF,
     Delivery,
+    OwnDeliveries,
     Subscription,
     Transport,
     TransportUnavailable,
@@ -160,7 +162,10 @@ class ConsumerRuntime:
         alerts: Alerts,
         options: RuntimeOptions | None = None,
         rng: random.Random | None = None,
+        own: OwnDeliveries | None = None,
     ) -> None:
+        """``own``: how to settle the messages this runtime delivers to itself (the local
+        transport, or ``OutboxDeliveries`` beside a broker); None: none are."""
         _check_routing(transport, handlers)
         self._transport = transport
         self._uow = uow
@@ -179,9 +184,9 @@ class ConsumerRuntime:
             for type_ in handler.types
             if wanted[type_] == 1
         }
-        # On the local transport, a message added here for a consumer of this runtime (and
-        # not handed off) is written claimed by this worker and delivered after the commit.
-        self._write_lease = transport.write_lease
+        # A message added here for a consumer of this runtime (and not handed off) is written
+        # claimed by this worker and delivered after the commit, on every transport.
+        self._own_deliveries = own
         self._own = {
             type_: handler
             for handler in self._handlers
@@ -284,7 +289,7 @@ class ConsumerRuntime:
         except Exception as exc:
             await self._failed(handler, delivery, exc)
             return
-        if not self._transport.acks_in_transaction:
+        if not self._acks_in_transaction(delivery):
             await self._transport.ack(delivery)
         self.stats.processed += 1
         if not fresh:
@@ -322,7 +327,7 @@ class ConsumerRuntime:
         try:
             async with self._uow() as uow:
                 now = self._clock.now()
-                if self._transport.acks_in_transaction:
+                if self._acks_in_transaction(delivery):
                     # Before the inbox record, which the SQL adapter sends it with.
                     await uow.acks.acknowledge(delivery.handle, now)
                 fresh = await uow.inbox.record(handler.consumer, message.id, now)
@@ -382,12 +387,13 @@ class ConsumerRuntime:
     def _claim_own(self, uow: MessageUnitOfWork, now: datetime) -> list[tuple[Handler, Message]]:
         """Claim, as they are written, the messages this transaction added for this runtime's
         consumers and did not hand off (say, a payment command): after the commit they go
-        straight to their consumer's lanes, with no claim transaction and no wake-up. Only
-        on the local transport, only what is due now and is no replay, at most
-        ``hand_off_limit``. A worker that dies first leaves them to the lease's expiry."""
-        lease = self._write_lease
-        if lease is None:
+        straight to their consumer's lanes, with no claim transaction and no wake-up (and, on
+        a broker transport, no relay or broker). Only what is due now and is no replay, at
+        most ``hand_off_limit``. A worker that dies first leaves them to the lease's expiry,
+        after which the next claim (local) or the relay (broker) hands them out."""
+        if self._own_deliveries is None:
             return []
+        lease = self._own_deliveries.write_lease
         until = now + timedelta(seconds=lease.seconds)
         claiming: list[tuple[Handler, Message]] = []
         for message in uow.outbox.added():
@@ -411,7 +417,9 @@ class ConsumerRuntime:
             intake = self._intakes.get(handler.consumer)
             if intake is None or intake.stop.is_set():
                 continue  # stopping: the lease runs out and the message is handed out again
-            delivery = Delivery(message, 1, handler.subscription, rows[message.id])
+            delivery = Delivery(
+                message, 1, handler.subscription, rows[message.id], written_here=True
+            )
             intake.room.take(1)
             intake.lanes.add(delivery, intake.settle)
             self.stats.claimed_on_write += 1
@@ -454,14 +462,14 @@ class ConsumerRuntime:
             await self._while_storage_is_down(lambda: self._record_failure(failure))
             delay = handler.policy.delay(delivery.attempt, self._rng)
             logger.warning("handler failed, will retry", error=error, retry_in=round(delay, 3))
-            await self._transport.retry(delivery, delay)
+            await self._settler(delivery).retry(delivery, delay)
             self.stats.retried += 1
             return
         trace = "".join(traceback.format_exception(exc))
         letter, letter_id = await self._while_storage_is_down(
             lambda: self._park(handler, delivery, failure, trace)
         )
-        await self._transport.dead_letter(delivery, error)
+        await self._settler(delivery).dead_letter(delivery, error)
         self.stats.dead_lettered += 1
         logger.error(
             "message dead-lettered", error=error, dead_letter_id=letter_id, permanent=permanent
@@ -523,10 +531,20 @@ class ConsumerRuntime:
             replay = _replay_id(message)
             if replay is not None:
                 await uow.dead_letters.finish_replay(replay, "failed-again", failure.failed_at)
-            if self._transport.acks_in_transaction:
+            if self._acks_in_transaction(delivery):
                 await uow.acks.acknowledge(delivery.handle, failure.failed_at)
             await uow.commit()
         return letter, letter_id
+
+    def _acks_in_transaction(self, delivery: Delivery) -> bool:
+        return delivery.written_here or self._transport.acks_in_transaction
+
+    def _settler(self, delivery: Delivery) -> Transport | OwnDeliveries:
+        """Who retries and dead-letters ``delivery``: the transport that delivered it, or
+        (a message this runtime delivered to itself) ``own``."""
+        if delivery.written_here and self._own_deliveries is not None:
+            return self._own_deliveries
+        return self._transport
 
     async def _while_storage_is_down(self, work: Callable[[], Awaitable[Any]]) -> Any:
         pause = 0.5

@@ -56,6 +56,9 @@ class Delivery:
     attempt: int
     subscription: Subscription
     handle: object = field(compare=False, repr=False)
+    written_here: bool = field(default=False, compare=False)
+    """Delivered by the worker whose transaction wrote it (``OwnDeliveries``), not by the
+    transport; ``handle`` is then the message's outbox row id."""
 
 
 class TransportUnavailable(Exception):
@@ -107,10 +110,6 @@ class Transport(Protocol):
     """True when several consumers may subscribe to one type, each getting every message."""
     ordered_per_key: bool
     """True when messages with one key reach a consumer in publish order (one at a time)."""
-    write_lease: WriteLease | None
-    """Where the outbox table is the queue (local): the claim a worker may put on a message
-    its own transaction adds, to deliver it itself after the commit without claiming it. None
-    for the broker transports."""
 
     async def connect(self) -> None:
         """Open connections; raise ``TransportUnavailable`` if the broker cannot be reached."""
@@ -118,8 +117,14 @@ class Transport(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, messages: Sequence[Message]) -> None:
-        """Hand messages to the broker and wait for its confirmation of each."""
+    async def publish(
+        self, messages: Sequence[Message], attempts: Sequence[int] | None = None
+    ) -> None:
+        """Hand messages to the broker and wait for its confirmation of each.
+
+        ``attempts`` (one per message, default 1 each) is the attempt each is delivered as:
+        a message whose earlier attempts were made elsewhere (delivered by its writer) keeps
+        its count."""
         ...
 
     async def subscribe(self, subscription: Subscription) -> None:
@@ -133,6 +138,25 @@ class Transport(Protocol):
         ...
 
     async def ack(self, delivery: Delivery) -> None: ...
+
+    async def retry(self, delivery: Delivery, delay: float) -> None: ...
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+
+
+class OwnDeliveries(Protocol):
+    """How a worker settles the messages it delivers to itself (``Delivery.written_here``).
+
+    A message that a worker's handler transaction adds for one of that worker's own consumers
+    is written to the outbox already claimed by the worker (``write_lease``), and after the
+    commit goes straight to the consumer's lanes: no claim, no broker. It is acknowledged in
+    the handler's transaction by marking its row sent (``UnitOfWork.acks``); ``retry`` puts the
+    row back, due after the delay, with its attempt counted, for whatever hands rows out (the
+    local transport's claim, or the relay, which publishes it to the broker); ``dead_letter``
+    marks it sent. A worker that dies first leaves the row to the lease's expiry.
+    """
+
+    write_lease: WriteLease
 
     async def retry(self, delivery: Delivery, delay: float) -> None: ...
 

@@ -356,11 +356,13 @@ MessageUnitOfWorkFactory = Callable[[], MessageUnitOfWork]
 
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
-    """An outbox row claimed for delivery: its row id, the message, retries so far."""
+    """An outbox row claimed for delivery: its row id, the message, its failed deliveries so
+    far (``attempts``) and the broker's refusals of it (``refusals``, relay)."""
 
     id: int
     message: Message
     attempts: int
+    refusals: int = 0
 
 
 class OutboxQueue(Protocol):
@@ -379,6 +381,8 @@ class OutboxQueue(Protocol):
     async def release(self, ids: Sequence[int]) -> None: ...
 
     async def reschedule(self, row_id: int, delay: float) -> None: ...
+
+    async def refuse(self, row_id: int, delay: float) -> None: ...
 
     def waiter(self) -> asyncio.Event: ...
 

@@ -100,7 +100,10 @@ class Relay:
         if not rows:
             return 0
         try:
-            await self._transport.publish([row.message for row in rows])
+            # A row put back by the worker that delivered it to itself carries its attempts.
+            await self._transport.publish(
+                [row.message for row in rows], [row.attempts + 1 for row in rows]
+            )
         except TransportUnavailable:
             await self._release_quietly(rows)
             raise
@@ -119,7 +122,7 @@ class Relay:
         return len(rows)
 
     async def _refused(self, row: QueuedMessage, reason: str) -> None:
-        attempt = row.attempts + 1
+        attempt = row.refusals + 1
         if attempt < self._options.max_attempts:
             delay = min(self._options.base_delay * 2 ** (attempt - 1), self._options.max_backoff)
             log.warning(
@@ -129,7 +132,7 @@ class Relay:
                 attempt=attempt,
                 retry_in=delay,
             )
-            await self._queue.reschedule(row.id, delay)
+            await self._queue.refuse(row.id, delay)
             return
         now = self._clock.now()
         letter = NewDeadLetter(

@@ -25,11 +25,13 @@ from orderly.adapters.db.outbox_queue import OutboxQueue
 from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.tables import outbox_messages, stock
 from orderly.adapters.system import SystemClock
+from orderly.adapters.transports.local import LocalTransport, OutboxDeliveries
 from orderly.domain.events import Message
 from orderly.domain.processing import Allocation
 from orderly.services.consumer import (
     ConsumerRuntime,
     Handler,
+    HandlerFn,
     PermanentError,
     RetryPolicy,
     RuntimeOptions,
@@ -127,6 +129,15 @@ async def running(
     try:
         async with open_transport(redelivery_after=5.0) as transport:
             handler = stock_adding_handler(switch, policy)
+            # What the worker delivers to itself is settled as in bootstrap.consumer_runtime.
+            own = (
+                transport
+                if isinstance(transport, LocalTransport)
+                else OutboxDeliveries(
+                    OutboxQueue(engine, clock=SystemClock(), worker_id="contract-worker"),
+                    lease=5.0,
+                )
+            )
             runtime = ConsumerRuntime(
                 wrap(transport) if wrap else transport,
                 uow,
@@ -134,6 +145,7 @@ async def running(
                 clock=SystemClock(),
                 alerts=alerts,
                 options=RuntimeOptions(lanes=4, batch=16, receive_timeout=0.3),
+                own=own,
             )
             # Declared before anything is published (RabbitMQ drops what no queue is bound for).
             for subscriber in (handler, *more):
@@ -488,12 +500,24 @@ async def test_a_message_due_later_is_not_handed_off(
 PREPARED = "test.stock-prepared"
 
 
+def forwarding_to_caller(forwarded: list[Message]) -> HandlerFn:
+    """A handler that adds, for each message, one for the consumer with ``prepare``."""
+
+    async def forward_to_caller(uow: MessageUnitOfWork, message: Message) -> None:
+        out = replace(adding(message.payload["n"]), type=PREPARED, key=message.key)
+        forwarded.append(out)
+        await uow.outbox.add(out)
+
+    return forward_to_caller
+
+
 async def test_a_message_for_a_consumer_that_calls_out_is_delivered_once_by_its_writer(
     open_transport: OpenTransport, runtime_database: str
 ) -> None:
     """A consumer with ``prepare`` (an outside call) never runs inside another transaction.
-    On the local transport its message is written claimed by this worker and delivered after
-    the commit, without a claim; a broker delivers it the usual way. Either way, once."""
+    Its message is written claimed by this worker and delivered after the commit, without a
+    claim, and on a broker without the relay or the broker (the relay runs here, so a
+    publication would come back as a duplicate): once."""
     prepared: list[str] = []
     forwarded: list[Message] = []
 
@@ -507,13 +531,8 @@ async def test_a_message_for_a_consumer_that_calls_out_is_delivered_once_by_its_
     async def not_called(uow: MessageUnitOfWork, message: Message) -> None:
         raise AssertionError("a handler with prepare runs apply")
 
-    async def forward_to_caller(uow: MessageUnitOfWork, message: Message) -> None:
-        out = replace(adding(message.payload["n"]), type=PREPARED, key=message.key)
-        forwarded.append(out)
-        await uow.outbox.add(out)
-
     more = (
-        Handler("forwarder", frozenset({FORWARD}), forward_to_caller, FAST),
+        Handler("forwarder", frozenset({FORWARD}), forwarding_to_caller(forwarded), FAST),
         Handler("caller", frozenset({PREPARED}), not_called, FAST, prepare=call_out, apply=apply),
     )
     async with running(open_transport, runtime_database, Switch(), FAST, more) as (
@@ -531,8 +550,52 @@ async def test_a_message_for_a_consumer_that_calls_out_is_delivered_once_by_its_
         assert prepared == [forwarded[0].id]
         stats = harness.runtime.stats
         assert (stats.processed, stats.duplicates, stats.handed_off) == (2, 0, 0)
-        assert stats.claimed_on_write == (1 if transport.write_lease is not None else 0)
+        assert stats.claimed_on_write == 1
         assert await outbox_rows(runtime_database, forwarded[0].id) == 1
+
+
+async def test_a_message_delivered_by_its_writer_is_retried_through_the_transport_with_its_attempt(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    """Its first attempt fails in the worker that wrote it; the row is put back, and the
+    transport (on a broker: the relay, then the broker) delivers the second attempt as
+    attempt 2, the last of 2: dead-lettered after two calls, not three."""
+    calls: list[str] = []
+    forwarded: list[Message] = []
+    twice = RetryPolicy(attempts=2, base_delay=0.5, jitter=0.0, timeout=10)
+
+    async def call_out(message: Message) -> None:
+        calls.append(message.id)
+        raise ConnectionError("the payment gateway is down")
+
+    async def not_called(uow: MessageUnitOfWork, message: Message) -> None:
+        raise AssertionError("prepare fails before apply")
+
+    more = (
+        Handler("forwarder", frozenset({FORWARD}), forwarding_to_caller(forwarded), FAST),
+        Handler("caller", frozenset({PREPARED}), not_called, twice, prepare=call_out),
+    )
+    async with running(open_transport, runtime_database, Switch(), FAST, more) as (
+        harness,
+        transport,
+    ):
+        await transport.publish([forward(2)])
+
+        async def parked() -> bool:
+            return len(harness.alerts.letters) == 1
+
+        await eventually(parked)
+        await asyncio.sleep(1.5)  # time for a (wrong) third call
+        stats = harness.runtime.stats
+        assert stats.claimed_on_write == 1
+        assert calls == [forwarded[0].id, forwarded[0].id]
+        letter, _ = harness.alerts.letters[0]
+        assert (letter.consumer, letter.message.id, letter.attempts) == (
+            "caller",
+            forwarded[0].id,
+            2,
+        )
+        assert await harness.on_hand() == START
 
 
 async def test_a_type_two_consumers_want_goes_through_the_transport_to_both(

@@ -152,6 +152,25 @@ async def test_retry_comes_back_later_with_the_next_attempt_without_blocking_oth
     assert 1.9 <= waited <= 7.0, f"redelivered after {waited:.2f}s for a 2s delay"
 
 
+async def test_a_message_published_with_its_attempts_counts_on_from_them(
+    transport: Transport,
+) -> None:
+    """A message whose first attempts were made by the worker that wrote it is published
+    with the attempt it is at; a retry counts on from there."""
+    sub = Subscription.of("worker", ["test.happened"])
+    await transport.subscribe(sub)
+    fresh, carried = message(key="order-a"), message(key="order-b")
+    await transport.publish([fresh, carried], [1, 3])
+
+    got = {d.message.id: d for d in await collect(transport, sub, 2)}
+    assert (got[fresh.id].attempt, got[carried.id].attempt) == (1, 3)
+    await transport.ack(got[fresh.id])
+    await transport.retry(got[carried.id], delay=0.5)
+    [again] = await collect(transport, sub, 1, within=10.0)
+    await transport.ack(again)
+    assert (again.message.id, again.attempt) == (carried.id, 4)
+
+
 async def test_a_dead_lettered_message_is_not_delivered_again(transport: Transport) -> None:
     sub = Subscription.of("worker", ["test.happened"])
     await transport.subscribe(sub)

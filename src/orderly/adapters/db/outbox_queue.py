@@ -49,6 +49,7 @@ _RETURNED = (
     _o.causation_id,
     _o.created_at,
     _o.attempts,
+    _o.refusals,
 )
 
 
@@ -133,16 +134,26 @@ _RELEASE = (
     .where(_o.id.in_(sa.bindparam("ids", expanding=True)), _o.sent_at.is_(None))
     .values(claimed_by=None, claimed_until=None)
 )
-_RESCHEDULE = (
-    outbox_messages.update()
-    .where(_o.id == sa.bindparam("_id"))
-    .values(
-        available_at=sa.bindparam("available_at"),
-        attempts=_o.attempts + 1,
-        claimed_by=None,
-        claimed_until=None,
+
+
+def _put_back(counted: sa.Column[int]) -> Any:
+    """Unclaim a row, due again at ``available_at``, with one more of ``counted``."""
+    return (
+        outbox_messages.update()
+        .where(_o.id == sa.bindparam("_id"))
+        .values(
+            {
+                _o.available_at: sa.bindparam("available_at"),
+                counted: counted + 1,
+                _o.claimed_by: None,
+                _o.claimed_until: None,
+            }
+        )
     )
-)
+
+
+_RESCHEDULE = _put_back(_o.attempts)
+_REFUSE = _put_back(_o.refusals)
 _PENDING_COUNT = sa.select(sa.func.count()).select_from(outbox_messages).where(_o.sent_at.is_(None))
 
 
@@ -238,6 +249,7 @@ class OutboxQueue:
                     headers=dict(r.headers),
                 ),
                 attempts=r.attempts,
+                refusals=r.refusals,
             )
             for r in rows
         ]
@@ -261,14 +273,22 @@ class OutboxQueue:
         async with self._transaction() as conn:
             await conn.execute(_RESCHEDULE, {"_id": row_id, "available_at": available_at})
 
+    async def refuse(self, row_id: int, delay: float) -> None:
+        """The broker refused the row: publish it again after ``delay``, one refusal more."""
+        available_at = self._clock.now() + timedelta(seconds=delay)
+        async with self._transaction() as conn:
+            await conn.execute(_REFUSE, {"_id": row_id, "available_at": available_at})
+
     async def pending(self) -> int:
         async with self._transaction() as conn:
             return int((await conn.execute(_PENDING_COUNT)).scalar_one())
 
-    async def add(self, messages: Sequence[Message]) -> None:
-        """Queue messages directly (outside any business transaction)."""
+    async def add(self, messages: Sequence[Message], attempts: Sequence[int] | None = None) -> None:
+        """Queue messages directly (outside any business transaction); ``attempts`` is the
+        attempt each is first delivered as (default 1)."""
         if not messages:
             return
+        made = [a - 1 for a in attempts] if attempts is not None else [0] * len(messages)
         async with self._transaction() as conn:
             await conn.execute(
                 outbox_messages.insert(),
@@ -283,9 +303,9 @@ class OutboxQueue:
                         "causation_id": m.causation_id,
                         "created_at": m.created_at,
                         "available_at": self._clock.now(),
-                        "attempts": 0,
+                        "attempts": before,
                     }
-                    for m in messages
+                    for m, before in zip(messages, made, strict=True)
                 ],
             )
         self._signal.notify()

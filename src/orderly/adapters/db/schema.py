@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 class SchemaOutdated(RuntimeError):

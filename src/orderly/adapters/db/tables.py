@@ -156,6 +156,8 @@ outbox_messages = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("available_at", UtcDateTime, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # The broker's refusals of the row (relay), apart from its delivery attempts.
+    sa.Column("refusals", sa.Integer, nullable=False, server_default="0"),
     sa.Column("claimed_by", sa.String(64)),
     sa.Column("claimed_until", UtcDateTime),
     sa.Column("sent_at", UtcDateTime),

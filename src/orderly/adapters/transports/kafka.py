@@ -59,7 +59,6 @@ from orderly.services.messaging import (
     PublishRejected,
     Subscription,
     TransportUnavailable,
-    WriteLease,
 )
 
 log = structlog.get_logger("orderly.transport.kafka")
@@ -267,7 +266,6 @@ class KafkaTransport:
 
     name = "kafka"
     acks_in_transaction = False
-    write_lease: WriteLease | None = None
     needs_relay = True
     fans_out = True
     ordered_per_key = True
@@ -335,11 +333,16 @@ class KafkaTransport:
         if admin is not None:
             await _quietly(admin.close())
 
-    async def publish(self, messages: Sequence[Message]) -> None:
+    async def publish(
+        self, messages: Sequence[Message], attempts: Sequence[int] | None = None
+    ) -> None:
         if not messages:
             return
         await self._ensure_topics({self.topic(m.type) for m in messages})
-        records = [(self.topic(m.type), m.key, *encode(m)) for m in messages]
+        records = [
+            (self.topic(m.type), m.key, *encode(m, attempt))
+            for m, attempt in zip(messages, attempts or [1] * len(messages), strict=True)
+        ]
         failures = await self._send(records)
         rejected = [messages[i].id for i, exc in failures]
         if rejected:

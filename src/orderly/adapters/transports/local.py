@@ -4,7 +4,8 @@ A message is delivered by claiming its outbox row (a lease), acknowledged by mar
 sent inside the handler's own transaction, retried by moving ``available_at`` forward and
 dead-lettered by marking it sent (the dead-letter store keeps it). A worker's handler
 transaction may also write a message already claimed by that worker (``write_lease``), which
-then delivers it itself after the commit, without a claim. Each message type goes to
+then delivers it itself after the commit, without a claim; ``OutboxDeliveries`` settles
+those, on this transport and on the broker transports alike. Each message type goes to
 one consumer (no fan-out); rows are claimed in insertion order, but competing lanes and
 processes may finish them out of order, so no per-key order is promised.
 """
@@ -31,7 +32,8 @@ class LocalTransport:
         self._queue = queue
         self._lease = lease
         self._owners: dict[str, str] = {}
-        self.write_lease: WriteLease | None = WriteLease(queue.worker_id, lease)
+        self._rows = OutboxDeliveries(queue, lease=lease)
+        self.write_lease = self._rows.write_lease
 
     async def connect(self) -> None:
         await self._queue.start()
@@ -43,9 +45,11 @@ class LocalTransport:
     async def close(self) -> None:
         await self._queue.stop()
 
-    async def publish(self, messages: Sequence[Message]) -> None:
+    async def publish(
+        self, messages: Sequence[Message], attempts: Sequence[int] | None = None
+    ) -> None:
         try:
-            await self._queue.add(messages)
+            await self._queue.add(messages, attempts)
         except StorageUnavailable as exc:
             raise TransportUnavailable(str(exc)) from exc
 
@@ -83,20 +87,38 @@ class LocalTransport:
             self._queue.forget(event)
 
     async def ack(self, delivery: Delivery) -> None:
-        await self._settle(self._queue.mark_sent([_row_id(delivery)]))
+        await _settle(self._queue.mark_sent([_row_id(delivery)]))
 
     async def retry(self, delivery: Delivery, delay: float) -> None:
-        await self._settle(self._queue.reschedule(_row_id(delivery), delay))
+        await self._rows.retry(delivery, delay)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        await self._settle(self._queue.mark_sent([_row_id(delivery)]))
+        await self._rows.dead_letter(delivery, reason)
 
-    @staticmethod
-    async def _settle(work: Awaitable[None]) -> None:
-        try:
-            await work
-        except StorageUnavailable as exc:
-            raise TransportUnavailable(str(exc)) from exc
+
+class OutboxDeliveries:
+    """Settles what a worker delivers to itself from the outbox rows its own transactions
+    wrote claimed (``OwnDeliveries``), whatever the transport. Such a row is the message's
+    only copy: acknowledged, it is marked sent in the handler's transaction; retried, it is
+    put back unclaimed, due after the delay, its attempt counted, for the next claim (local)
+    or the relay (which publishes it with that attempt); dead-lettered, it is marked sent."""
+
+    def __init__(self, queue: OutboxQueue, *, lease: float) -> None:
+        self._queue = queue
+        self.write_lease = WriteLease(queue.worker_id, lease)
+
+    async def retry(self, delivery: Delivery, delay: float) -> None:
+        await _settle(self._queue.reschedule(_row_id(delivery), delay))
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        await _settle(self._queue.mark_sent([_row_id(delivery)]))
+
+
+async def _settle(work: Awaitable[None]) -> None:
+    try:
+        await work
+    except StorageUnavailable as exc:
+        raise TransportUnavailable(str(exc)) from exc
 
 
 def _row_id(delivery: Delivery) -> int:

@@ -20,8 +20,9 @@ JetStream's duplicate window would also drop a replay from the dead-letter store
 under the message's own id) and a producer's deliberate re-send, so a relay's re-publish
 after a crash is delivered again and skipped by the consumer's inbox. ``ack_wait`` is
 ``redelivery_after``: a delivery nobody settles comes back after it. ``retry`` is a NAK with
-a delay. The attempt is the server's delivery count, so a redelivery after a crash counts as
-an attempt too; ``max_deliver`` (20) is a safety net above the runtime's own attempt limit.
+a delay. The attempt is the server's delivery count (plus the attempts a message was published
+with, made by its writer before), so a redelivery after a crash counts as an attempt too;
+``max_deliver`` (20) is a safety net above the runtime's own attempt limit.
 Messages of one key are not kept in order.
 
 All connection handling is ours: the client never reconnects by itself; the first call after a
@@ -69,7 +70,6 @@ from orderly.services.messaging import (
     PublishRejected,
     Subscription,
     TransportUnavailable,
-    WriteLease,
 )
 
 log = structlog.get_logger("orderly.transport.nats")
@@ -254,7 +254,6 @@ class NatsJetStreamTransport:
 
     name = "nats"
     acks_in_transaction = False
-    write_lease: WriteLease | None = None
     needs_relay = True
     fans_out = True
     ordered_per_key = False
@@ -388,7 +387,9 @@ class NatsJetStreamTransport:
                 with suppress(NotFoundError):
                     await js.delete_stream(stream)
 
-    async def publish(self, messages: Sequence[Message]) -> None:
+    async def publish(
+        self, messages: Sequence[Message], attempts: Sequence[int] | None = None
+    ) -> None:
         if not messages:
             return
         invalid = [m.id for m in messages if not _TYPE.match(m.type)]
@@ -398,7 +399,10 @@ class NatsJetStreamTransport:
             )
         _, js = await self._session()
         with _unavailable_on_connection_errors():
-            pending = [await self._publish_one(js, message) for message in messages]
+            pending = [
+                await self._publish_one(js, message, attempt)
+                for message, attempt in zip(messages, attempts or [1] * len(messages), strict=True)
+            ]
             try:
                 outcomes = await asyncio.wait_for(
                     asyncio.gather(*pending, return_exceptions=True), _REQUEST_TIMEOUT
@@ -410,8 +414,10 @@ class NatsJetStreamTransport:
             self._streams_ready = False
         self._check_outcomes(messages, outcomes)
 
-    async def _publish_one(self, js: JetStreamContext, message: Message) -> asyncio.Future[PubAck]:
-        body, headers = encode(message)
+    async def _publish_one(
+        self, js: JetStreamContext, message: Message, attempt: int
+    ) -> asyncio.Future[PubAck]:
+        body, headers = encode(message, attempt)
         subject = f"{self._namespace}.msg.{message.type}"
         return await js.publish_async(subject, body, headers=headers)
 
@@ -513,11 +519,12 @@ class NatsJetStreamTransport:
         deliveries: list[Delivery] = []
         for msg in feed.take(limit):
             try:
-                message, _ = decode(msg.data, _message_headers(msg))
+                message, published_as = decode(msg.data, _message_headers(msg))
             except UndecodableMessage as exc:
                 await self._park_undecodable(msg, feed.subscription.consumer, exc)
                 continue
-            attempt = msg.metadata.num_delivered or 1
+            # Attempts made before it was published (by its writer), then the server's count.
+            attempt = published_as - 1 + (msg.metadata.num_delivered or 1)
             deliveries.append(Delivery(message, attempt, feed.subscription, msg))
         return deliveries
 

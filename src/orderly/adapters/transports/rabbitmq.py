@@ -62,7 +62,6 @@ from orderly.services.messaging import (
     PublishRejected,
     Subscription,
     TransportUnavailable,
-    WriteLease,
 )
 
 log = structlog.get_logger("orderly.transport.rabbitmq")
@@ -117,7 +116,6 @@ class RabbitMqTransport:
 
     name = "rabbitmq"
     acks_in_transaction = False
-    write_lease: WriteLease | None = None
     needs_relay = True
     fans_out = True
     ordered_per_key = False
@@ -187,12 +185,17 @@ class RabbitMqTransport:
         if broker is not None:
             await _stop_quietly(broker)
 
-    async def publish(self, messages: Sequence[Message]) -> None:
+    async def publish(
+        self, messages: Sequence[Message], attempts: Sequence[int] | None = None
+    ) -> None:
         if not messages:
             return
         broker = await self._live_broker()
         outcomes = await asyncio.gather(
-            *(self._publish_one(broker, message) for message in messages),
+            *(
+                self._publish_one(broker, message, attempt)
+                for message, attempt in zip(messages, attempts or [1] * len(messages), strict=True)
+            ),
             return_exceptions=True,
         )
         self._raise_for_failures(messages, outcomes)
@@ -328,8 +331,8 @@ class RabbitMqTransport:
         await broker.declare_queue(queue)
         self._declared.add(queue.name)
 
-    async def _publish_one(self, broker: RabbitBroker, message: Message) -> None:
-        body, headers = encode(message)
+    async def _publish_one(self, broker: RabbitBroker, message: Message, attempt: int) -> None:
+        body, headers = encode(message, attempt)
         amqp_headers: HeadersType = dict(headers)
         async with asyncio.timeout(self._timeout):
             await broker.publish(

@@ -53,7 +53,6 @@ from orderly.services.messaging import (
     PublishRejected,
     Subscription,
     TransportUnavailable,
-    WriteLease,
 )
 
 log = structlog.get_logger("orderly.transport.redis")
@@ -221,7 +220,6 @@ class RedisStreamsTransport:
 
     name = "redis"
     acks_in_transaction = False
-    write_lease: WriteLease | None = None
     needs_relay = True
     fans_out = True
     ordered_per_key = False
@@ -275,13 +273,15 @@ class RedisStreamsTransport:
         with suppress(RedisError, OSError):
             await client.aclose()
 
-    async def publish(self, messages: Sequence[Message]) -> None:
+    async def publish(
+        self, messages: Sequence[Message], attempts: Sequence[int] | None = None
+    ) -> None:
         if not messages:
             return
         client = await self._connected()
         pipe = client.pipeline(transaction=False)
-        for message in messages:
-            body, headers = encode(message)
+        for message, attempt in zip(messages, attempts or [1] * len(messages), strict=True):
+            body, headers = encode(message, attempt)
             fields: dict[FieldT, EncodableT] = {b"headers": orjson.dumps(headers), b"body": body}
             pipe.xadd(self._keys.type_stream(message.type), fields)
         with _unavailable_on_failure():
