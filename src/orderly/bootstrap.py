@@ -31,7 +31,7 @@ from orderly.domain.order_saga import OrderSagaConfig, order_saga
 from orderly.domain.saga import Retry
 from orderly.services.consumer import ConsumerRuntime, Handler, RetryPolicy, RuntimeOptions
 from orderly.services.dead_letters import DeadLetterDesk
-from orderly.services.messaging import OwnDeliveries, Transport
+from orderly.services.messaging import Transport
 from orderly.services.notifications import Notifier
 from orderly.services.order_aftercare import (
     ReservationSweeper,
@@ -218,11 +218,9 @@ class Container:
             batch=self.settings.worker_batch,
             hand_off_limit=self.settings.worker_hand_off_limit,
         )
-        own: OwnDeliveries = (
-            transport
-            if isinstance(transport, LocalTransport)
-            else OutboxDeliveries(self.outbox_queue(), lease=self.settings.redelivery_after_seconds)
-        )
+        # What the worker delivers to itself is settled on its outbox rows, whatever the
+        # transport (the local transport settles its own deliveries the same way).
+        own = OutboxDeliveries(self.outbox_queue(), lease=self.settings.redelivery_after_seconds)
         return ConsumerRuntime(
             transport,
             self.message_uow,

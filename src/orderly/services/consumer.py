@@ -3,11 +3,11 @@
 For each delivery, in ONE database transaction: record ``(consumer, message id)`` in the inbox
 (a duplicate is acknowledged and skipped), run the handler, and (local transport, or a message
 the worker delivered to itself) acknowledge the outbox row; commit, then acknowledge to the
-broker. A failure is logged as an attempt; a
-transient one is retried after an exponential, jittered delay by the transport (never blocking
-other messages); a permanent one, or the last attempt, parks the message in the dead-letter
-store with its context, runs the handler's ``on_dead_letter`` (an order is failed), removes it
-from the transport and fires the alert hook.
+broker. A failure is logged as an attempt; a transient one is retried after an exponential,
+jittered delay by the transport (never blocking other messages); a permanent one, or the last
+attempt, parks the message in the dead-letter store with its context, runs the handler's
+``on_dead_letter`` (an order is failed), removes it from the transport and fires the alert
+hook.
 
 An unreachable database is not the message's fault: the delivery is kept and tried again when
 the database answers, without spending attempts.
@@ -164,8 +164,8 @@ class ConsumerRuntime:
         rng: random.Random | None = None,
         own: OwnDeliveries | None = None,
     ) -> None:
-        """``own``: how to settle the messages this runtime delivers to itself (the local
-        transport, or ``OutboxDeliveries`` beside a broker); None: none are."""
+        """``own``: how to settle the messages this runtime delivers to itself
+        (``OutboxDeliveries``); None: it delivers none."""
         _check_routing(transport, handlers)
         self._transport = transport
         self._uow = uow

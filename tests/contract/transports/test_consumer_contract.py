@@ -25,7 +25,7 @@ from orderly.adapters.db.outbox_queue import OutboxQueue
 from orderly.adapters.db.repositories import SqlUnitOfWork
 from orderly.adapters.db.tables import outbox_messages, stock
 from orderly.adapters.system import SystemClock
-from orderly.adapters.transports.local import LocalTransport, OutboxDeliveries
+from orderly.adapters.transports.local import OutboxDeliveries
 from orderly.domain.events import Message
 from orderly.domain.processing import Allocation
 from orderly.services.consumer import (
@@ -130,13 +130,8 @@ async def running(
         async with open_transport(redelivery_after=5.0) as transport:
             handler = stock_adding_handler(switch, policy)
             # What the worker delivers to itself is settled as in bootstrap.consumer_runtime.
-            own = (
-                transport
-                if isinstance(transport, LocalTransport)
-                else OutboxDeliveries(
-                    OutboxQueue(engine, clock=SystemClock(), worker_id="contract-worker"),
-                    lease=5.0,
-                )
+            own = OutboxDeliveries(
+                OutboxQueue(engine, clock=SystemClock(), worker_id="contract-worker"), lease=5.0
             )
             runtime = ConsumerRuntime(
                 wrap(transport) if wrap else transport,

@@ -2,10 +2,10 @@
 
 A message is delivered by claiming its outbox row (a lease), acknowledged by marking the row
 sent inside the handler's own transaction, retried by moving ``available_at`` forward and
-dead-lettered by marking it sent (the dead-letter store keeps it). A worker's handler
-transaction may also write a message already claimed by that worker (``write_lease``), which
-then delivers it itself after the commit, without a claim; ``OutboxDeliveries`` settles
-those, on this transport and on the broker transports alike. Each message type goes to
+dead-lettered by marking it sent (the dead-letter store keeps it), all through
+``OutboxDeliveries``, which also settles what a worker delivers to itself from rows its own
+transaction wrote claimed, on this transport and on the broker transports alike. Each
+message type goes to
 one consumer (no fan-out); rows are claimed in insertion order, but competing lanes and
 processes may finish them out of order, so no per-key order is promised.
 """
@@ -33,7 +33,6 @@ class LocalTransport:
         self._lease = lease
         self._owners: dict[str, str] = {}
         self._rows = OutboxDeliveries(queue, lease=lease)
-        self.write_lease = self._rows.write_lease
 
     async def connect(self) -> None:
         await self._queue.start()
