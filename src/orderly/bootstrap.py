@@ -219,8 +219,13 @@ class Container:
             hand_off_limit=self.settings.worker_hand_off_limit,
         )
         # What the worker delivers to itself is settled on its outbox rows, whatever the
-        # transport (the local transport settles its own deliveries the same way).
-        own = OutboxDeliveries(self.outbox_queue(), lease=self.settings.redelivery_after_seconds)
+        # transport (the local transport settles its own deliveries the same way); its dead
+        # letters are copied to the transport's dead-letter queue like the others.
+        own = OutboxDeliveries(
+            self.outbox_queue(),
+            lease=self.settings.redelivery_after_seconds,
+            transport=transport,
+        )
         return ConsumerRuntime(
             transport,
             self.message_uow,

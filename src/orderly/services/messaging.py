@@ -96,6 +96,8 @@ class Transport(Protocol):
       with ``attempt + 1``, without holding back other messages meanwhile;
     - ``dead_letter`` removes the message from circulation for that consumer (and parks it in the
       broker's own dead-letter queue where there is one);
+    - ``copy_to_dead_letters`` parks a copy of a message that reached the consumer without the
+      transport (delivered by its writer) in that same dead-letter queue;
     - ``ack`` removes it from circulation for that consumer.
     """
 
@@ -143,6 +145,16 @@ class Transport(Protocol):
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
 
+    async def copy_to_dead_letters(
+        self, message: Message, attempt: int, consumer: str, reason: str
+    ) -> None:
+        """Put ``message``, dead-lettered by ``consumer`` at ``attempt`` after it reached it
+        without this transport (delivered by its writer), in the consumer's dead-letter queue,
+        as ``dead_letter`` does with a delivery, so the broker's queue holds every dead letter.
+        A transport without a dead-letter queue of its own (the local one: the dead-letter
+        store is its queue) does nothing."""
+        ...
+
 
 class OwnDeliveries(Protocol):
     """How a worker settles the messages it delivers to itself (``Delivery.written_here``).
@@ -153,7 +165,8 @@ class OwnDeliveries(Protocol):
     the handler's transaction by marking its row sent (``UnitOfWork.acks``); ``retry`` puts the
     row back, due after the delay, with its attempt counted, for whatever hands rows out (the
     local transport's claim, or the relay, which publishes it to the broker); ``dead_letter``
-    marks it sent. A worker that dies first leaves the row to the lease's expiry.
+    marks it sent and copies it to the transport's dead-letter queue. A worker that dies first
+    leaves the row to the lease's expiry.
     """
 
     write_lease: WriteLease

@@ -61,3 +61,7 @@ def database_for(namespace: str) -> str:
 def transport_on(url: str) -> LocalTransport:
     engine = create_engine(url)
     return LocalTransport(OutboxQueue(engine, clock=SystemClock(), worker_id="unreachable"))
+
+
+async def dead_letter_queue(namespace: str, consumer: str, expected: int) -> None:
+    """None: the local transport has no dead-letter queue beside the dead-letter store."""

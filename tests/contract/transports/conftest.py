@@ -10,6 +10,9 @@ Each transport has a module here named after it that provides:
   transport without acknowledging anything: that is how the suite simulates a crashed process.
   It cleans up what ``namespace`` left on the server.
 - ``unreachable_transport()``: a transport pointed at a closed port on 127.0.0.1.
+- ``dead_letter_queue(namespace, consumer, expected)``: (message id, attempt, reason) of each
+  message in the consumer's dead-letter queue on the broker (reading until ``expected`` came
+  where the broker cannot say what it holds), or None for a transport without one.
 - optionally ``namespace_scope(namespace)``: an async context manager entered around the whole
   test, for what must outlive one transport (the local transport's database);
 - optionally ``database_for(namespace)``: the database URL the consumer runtime must use with
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import ModuleType
@@ -101,6 +104,22 @@ async def runtime_database(
     finally:
         await dispose_engine(engine)
     return url
+
+
+ReadDeadLetters = Callable[[str, int], Awaitable[list[tuple[str, int, str]] | None]]
+
+
+@pytest.fixture
+def dead_letter_queue(transport_module: ModuleType, namespace: str) -> ReadDeadLetters:
+    """Reads a consumer's dead-letter queue on the broker (None: the transport has none)."""
+
+    async def read(consumer: str, expected: int) -> list[tuple[str, int, str]] | None:
+        found: list[tuple[str, int, str]] | None = await transport_module.dead_letter_queue(
+            namespace, consumer, expected
+        )
+        return found
+
+    return read
 
 
 @pytest.fixture

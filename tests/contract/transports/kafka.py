@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
-from orderly.adapters.transports.kafka import KafkaTransport
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+
+from orderly.adapters.transports.codec import decode
+from orderly.adapters.transports.kafka import H_DEAD_LETTER_REASON, KafkaTransport
 from orderly.services.messaging import TransportUnavailable
 from tests.conftest import service_missing
 from tests.support.server import free_port
@@ -57,3 +62,34 @@ async def namespace_scope(namespace: str) -> AsyncIterator[None]:
 
 def unreachable_transport() -> KafkaTransport:
     return KafkaTransport(f"kafka://127.0.0.1:{free_port()}", namespace="unreachable")
+
+
+async def dead_letter_queue(
+    namespace: str, consumer: str, expected: int
+) -> list[tuple[str, int, str]]:
+    """(message id, attempt, reason) of the records in ``consumer``'s dead-letter topic: read
+    until ``expected`` came (or 10 s passed), then half a second more for any extra."""
+    transport = KafkaTransport(_url(), namespace=namespace)
+    reader = AIOKafkaConsumer(
+        transport.dead_letter_topic(consumer),
+        bootstrap_servers=transport.bootstrap_servers,
+        auto_offset_reset="earliest",
+    )
+    await reader.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(records) < expected and time.monotonic() < deadline:
+            batches = await reader.getmany(timeout_ms=500)
+            records += [r for batch in batches.values() for r in batch]
+        batches = await reader.getmany(timeout_ms=500)
+        records += [r for batch in batches.values() for r in batch]
+    finally:
+        await reader.stop()
+        await transport.close()
+    found = []
+    for record in records:
+        headers = {k: v.decode() for k, v in record.headers}
+        message, attempt = decode(record.value, headers)
+        found.append((message.id, attempt, headers[H_DEAD_LETTER_REASON]))
+    return found

@@ -9,12 +9,19 @@ from orderly.adapters.transports.local import LocalTransport
 from tests.conftest import throwaway_postgres_database
 from tests.contract.transports._local import (
     database_for,
+    dead_letter_queue,
     registered,
     transport_for,
     transport_on,
 )
 
-__all__ = ["database_for", "namespace_scope", "transport_for", "unreachable_transport"]
+__all__ = [
+    "database_for",
+    "dead_letter_queue",
+    "namespace_scope",
+    "transport_for",
+    "unreachable_transport",
+]
 
 
 @asynccontextmanager

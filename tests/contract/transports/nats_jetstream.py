@@ -6,7 +6,15 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 
-from orderly.adapters.transports.nats_jetstream import NatsJetStreamTransport
+import nats
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from orderly.adapters.transports.codec import decode
+from orderly.adapters.transports.nats_jetstream import (
+    H_DEAD_LETTER_REASON,
+    NatsJetStreamTransport,
+    stream_names,
+)
 from orderly.services.messaging import TransportUnavailable
 from tests.conftest import service_missing
 from tests.support.server import free_port
@@ -47,3 +55,29 @@ async def namespace_scope(namespace: str) -> AsyncIterator[None]:
 
 def unreachable_transport() -> NatsJetStreamTransport:
     return NatsJetStreamTransport(f"nats://127.0.0.1:{free_port()}", namespace="unreachable")
+
+
+async def dead_letter_queue(
+    namespace: str, consumer: str, expected: int
+) -> list[tuple[str, int, str]]:
+    """(message id, attempt, reason) of what waits in the dead-letter stream for ``consumer``."""
+    client = await nats.connect(NATS_URL)
+    found: list[tuple[str, int, str]] = []
+    try:
+        js = client.jetstream()
+        _, stream = stream_names(namespace)
+        reader = await js.pull_subscribe(f"{namespace}.dlq.{consumer}", stream=stream)
+        while True:
+            try:
+                batch = await reader.fetch(16, timeout=1)
+            except NatsTimeoutError:
+                break
+            for msg in batch:
+                headers = dict(msg.headers or {})
+                message, attempt = decode(msg.data, headers)
+                found.append((message.id, attempt, headers[H_DEAD_LETTER_REASON]))
+                await msg.ack()
+        await reader.unsubscribe()
+    finally:
+        await client.close()
+    return found

@@ -13,7 +13,8 @@ from contextlib import asynccontextmanager
 
 import aio_pika
 
-from orderly.adapters.transports.rabbitmq import RabbitMqTransport
+from orderly.adapters.transports.codec import decode
+from orderly.adapters.transports.rabbitmq import H_DEAD_LETTER_REASON, RabbitMqTransport
 from orderly.services.messaging import TransportUnavailable
 from tests.conftest import service_missing
 
@@ -68,3 +69,19 @@ async def delete_namespace(namespace: str, queues: set[str]) -> None:
         for queue in sorted(queues):
             await channel.queue_delete(queue)
         await channel.exchange_delete(namespace)
+
+
+async def dead_letter_queue(
+    namespace: str, consumer: str, expected: int
+) -> list[tuple[str, int, str]]:
+    """(message id, attempt, reason) of what waits in ``consumer``'s dead-letter queue."""
+    connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+    found: list[tuple[str, int, str]] = []
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{namespace}.{consumer}.dlq", passive=True)
+        while (raw := await queue.get(no_ack=True, fail=False)) is not None:
+            headers = {k: v for k, v in raw.headers.items() if isinstance(v, str)}
+            message, attempt = decode(raw.body, headers)
+            found.append((message.id, attempt, headers[H_DEAD_LETTER_REASON]))
+    return found

@@ -7,9 +7,11 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from orderly.adapters.transports.codec import decode
 from orderly.adapters.transports.redis_streams import RedisStreamsTransport
 from orderly.services.messaging import TransportUnavailable
 from tests.conftest import service_missing
@@ -65,3 +67,20 @@ async def delete_namespace(namespace: str) -> None:
         return
     finally:
         await client.aclose()
+
+
+async def dead_letter_queue(
+    namespace: str, consumer: str, expected: int
+) -> list[tuple[str, int, str]]:
+    """(message id, attempt, reason) of what waits in ``consumer``'s dead-letter stream."""
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        entries = await redis.xrange(f"{namespace}:consumer:{consumer}:dlq")
+    finally:
+        await redis.aclose()
+    found = []
+    for _, fields in entries or []:
+        raw = {bytes(k): bytes(v) for k, v in (fields or {}).items()}  # type: ignore[arg-type]
+        message, attempt = decode(raw[b"body"], orjson.loads(raw[b"headers"]))
+        found.append((message.id, attempt, raw[b"reason"].decode()))
+    return found

@@ -40,7 +40,7 @@ from orderly.services.dead_letters import DeadLetterDesk, NotReplayable
 from orderly.services.messaging import Transport
 from orderly.services.ports import JSON, MessageUnitOfWork, NewDeadLetter
 from orderly.services.relay import Relay
-from tests.contract.transports.conftest import OpenTransport
+from tests.contract.transports.conftest import OpenTransport, ReadDeadLetters
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -131,7 +131,9 @@ async def running(
             handler = stock_adding_handler(switch, policy)
             # What the worker delivers to itself is settled as in bootstrap.consumer_runtime.
             own = OutboxDeliveries(
-                OutboxQueue(engine, clock=SystemClock(), worker_id="contract-worker"), lease=5.0
+                OutboxQueue(engine, clock=SystemClock(), worker_id="contract-worker"),
+                lease=5.0,
+                transport=transport,
             )
             runtime = ConsumerRuntime(
                 wrap(transport) if wrap else transport,
@@ -591,6 +593,47 @@ async def test_a_message_delivered_by_its_writer_is_retried_through_the_transpor
             2,
         )
         assert await harness.on_hand() == START
+
+
+async def test_a_message_delivered_by_its_writer_and_parked_at_once_is_copied_to_the_brokers_dlq(
+    open_transport: OpenTransport, runtime_database: str, dead_letter_queue: ReadDeadLetters
+) -> None:
+    """A permanent error at its first attempt: it never went through the broker, yet its copy
+    waits in the consumer's dead-letter queue there, as a broker delivery's would."""
+    forwarded: list[Message] = []
+    calls: list[str] = []
+
+    async def call_out(message: Message) -> None:
+        calls.append(message.id)
+        raise PermanentError("the card is not a card")
+
+    async def not_called(uow: MessageUnitOfWork, message: Message) -> None:
+        raise AssertionError("prepare fails before apply")
+
+    more = (
+        Handler("forwarder", frozenset({FORWARD}), forwarding_to_caller(forwarded), FAST),
+        Handler("caller", frozenset({PREPARED}), not_called, FAST, prepare=call_out),
+    )
+    async with running(open_transport, runtime_database, Switch(), FAST, more) as (
+        harness,
+        transport,
+    ):
+        await transport.publish([forward(1)])
+
+        async def parked() -> bool:
+            return len(harness.alerts.letters) == 1
+
+        await eventually(parked)
+        assert harness.runtime.stats.claimed_on_write == 1
+        letter, _ = harness.alerts.letters[0]
+        assert (letter.message.id, letter.attempts) == (forwarded[0].id, 1)
+        copies = await dead_letter_queue("caller", 1)
+        if copies is None:
+            assert transport.name == "local"  # its dead-letter store is the only one
+        else:
+            assert copies == [(forwarded[0].id, 1, "PermanentError: the card is not a card")]
+        await asyncio.sleep(1.0)  # time for a (wrong) second delivery through the relay
+        assert calls == [forwarded[0].id]
 
 
 async def test_a_type_two_consumers_want_goes_through_the_transport_to_both(

@@ -19,7 +19,7 @@ from orderly.services.messaging import (
     Transport,
     TransportUnavailable,
 )
-from tests.contract.transports.conftest import OpenTransport
+from tests.contract.transports.conftest import OpenTransport, ReadDeadLetters
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -180,6 +180,43 @@ async def test_a_dead_lettered_message_is_not_delivered_again(transport: Transpo
     await transport.dead_letter(got, "handler failed 3 times")
 
     await nothing_more(transport, sub, 3.5)
+
+
+async def test_a_dead_letter_waits_in_the_brokers_dead_letter_queue_with_its_reason(
+    transport: Transport, dead_letter_queue: ReadDeadLetters
+) -> None:
+    sub = Subscription.of("worker", ["test.happened"])
+    await transport.subscribe(sub)
+    sent = message()
+    await transport.publish([sent], [3])
+    [got] = await collect(transport, sub, 1)
+
+    await transport.dead_letter(got, "handler failed 3 times")
+
+    parked = await dead_letter_queue("worker", 1)
+    if parked is None:
+        assert transport.name == "local"  # its dead-letter store is the only one
+    else:
+        assert parked == [(sent.id, 3, "handler failed 3 times")]
+
+
+async def test_a_copied_dead_letter_joins_the_others_and_is_not_delivered(
+    transport: Transport, dead_letter_queue: ReadDeadLetters
+) -> None:
+    """A message that reached its consumer without the transport (delivered by its writer)
+    and was dead-lettered there: its copy waits beside the broker's own dead letters."""
+    sub = Subscription.of("worker", ["test.happened"])
+    await transport.subscribe(sub)
+    copied = message()
+
+    await transport.copy_to_dead_letters(copied, 1, "worker", "PermanentError: bad card")
+
+    parked = await dead_letter_queue("worker", 1)
+    if parked is None:
+        assert transport.name == "local"
+    else:
+        assert parked == [(copied.id, 1, "PermanentError: bad card")]
+    await nothing_more(transport, sub, 1.0)
 
 
 async def test_an_unacknowledged_delivery_is_redelivered_after_a_crash(

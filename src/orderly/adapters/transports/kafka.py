@@ -404,11 +404,18 @@ class KafkaTransport:
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         if not _receipt(delivery).live:
             return
-        body, headers = encode(delivery.message, delivery.attempt)
-        headers[H_DEAD_LETTER_REASON] = reason
-        topic = self.dead_letter_topic(delivery.subscription.consumer)
-        await self._send_or_raise([(topic, delivery.message.key, body, headers)])
+        await self.copy_to_dead_letters(
+            delivery.message, delivery.attempt, delivery.subscription.consumer, reason
+        )
         self._settle(delivery)
+
+    async def copy_to_dead_letters(
+        self, message: Message, attempt: int, consumer: str, reason: str
+    ) -> None:
+        body, headers = encode(message, attempt)
+        headers[H_DEAD_LETTER_REASON] = reason
+        topic = self.dead_letter_topic(consumer)
+        await self._send_or_raise([(topic, message.key, body, headers)])
 
     async def delete_namespace(self) -> None:
         """Delete every topic and consumer group of this namespace (tests, teardown)."""

@@ -15,10 +15,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Sequence
 
+import structlog
+
 from orderly.adapters.db.outbox_queue import OutboxQueue
 from orderly.domain.events import Message
-from orderly.services.messaging import Delivery, Subscription, TransportUnavailable, WriteLease
+from orderly.services.messaging import (
+    Delivery,
+    PublishRejected,
+    Subscription,
+    Transport,
+    TransportUnavailable,
+    WriteLease,
+)
 from orderly.services.ports import StorageUnavailable
+
+log = structlog.get_logger("orderly.transport.local")
 
 
 class LocalTransport:
@@ -94,16 +105,30 @@ class LocalTransport:
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         await self._rows.dead_letter(delivery, reason)
 
+    async def copy_to_dead_letters(
+        self, message: Message, attempt: int, consumer: str, reason: str
+    ) -> None:
+        """Nothing to do: the dead-letter store is this transport's dead-letter queue."""
+
 
 class OutboxDeliveries:
     """Settles what a worker delivers to itself from the outbox rows its own transactions
     wrote claimed (``OwnDeliveries``), whatever the transport. Such a row is the message's
     only copy: acknowledged, it is marked sent in the handler's transaction; retried, it is
     put back unclaimed, due after the delay, its attempt counted, for the next claim (local)
-    or the relay (which publishes it with that attempt); dead-lettered, it is marked sent."""
+    or the relay (which publishes it with that attempt); dead-lettered, it is marked sent and
+    copied to the dead-letter queue of ``transport`` (the broker's, where there is one), where
+    the messages the broker delivered and dead-lettered wait too.
 
-    def __init__(self, queue: OutboxQueue, *, lease: float) -> None:
+    The copy comes after the dead-letter store holds the message (the runtime parks it there
+    first), so a broker that cannot take it loses nothing: the miss is logged, and the stored
+    letter is what ``orderly dlq`` lists and replays either way."""
+
+    def __init__(
+        self, queue: OutboxQueue, *, lease: float, transport: Transport | None = None
+    ) -> None:
         self._queue = queue
+        self._transport = transport
         self.write_lease = WriteLease(queue.worker_id, lease)
 
     async def retry(self, delivery: Delivery, delay: float) -> None:
@@ -111,6 +136,19 @@ class OutboxDeliveries:
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         await _settle(self._queue.mark_sent([_row_id(delivery)]))
+        if self._transport is None:
+            return
+        message, consumer = delivery.message, delivery.subscription.consumer
+        try:
+            await self._transport.copy_to_dead_letters(message, delivery.attempt, consumer, reason)
+        except (TransportUnavailable, PublishRejected) as exc:
+            log.warning(
+                "dead letter not copied to the broker's dead-letter queue (it is in the store)",
+                transport=self._transport.name,
+                consumer=consumer,
+                message_id=message.id,
+                error=str(exc),
+            )
 
 
 async def _settle(work: Awaitable[None]) -> None:

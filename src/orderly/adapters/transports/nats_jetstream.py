@@ -567,6 +567,24 @@ class NatsJetStreamTransport:
             await js.publish(f"{self._namespace}.dlq.{consumer}", msg.data, headers=headers)
             await msg.term()
 
+    async def copy_to_dead_letters(
+        self, message: Message, attempt: int, consumer: str, reason: str
+    ) -> None:
+        """The copy ``dead_letter`` makes (without a delivery to end): the deliveries header
+        says 0, none came through the stream."""
+        _, js = await self._session()
+        body, headers = encode(message, attempt)
+        headers.update(
+            {
+                H_DEAD_LETTER_REASON: _header_safe(reason),
+                H_DEAD_LETTER_CONSUMER: consumer,
+                H_DEAD_LETTER_DELIVERIES: "0",
+                "Nats-Msg-Id": f"{consumer}:{message.id}:{attempt}",
+            }
+        )
+        with _unavailable_on_connection_errors():
+            await js.publish(f"{self._namespace}.dlq.{consumer}", body, headers=headers)
+
 
 def _message_headers(msg: Msg) -> dict[str, str]:
     """The message's own headers, without the ones NATS adds (``Nats-Msg-Id`` and the like)."""

@@ -240,12 +240,17 @@ class RabbitMqTransport:
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         raw = _raw(delivery)
         _check_open(raw)
-        body, headers = encode(delivery.message, delivery.attempt)
-        headers[H_DEAD_LETTER_REASON] = reason[:_MAX_REASON]
-        await self._send_to_queue(
-            self.dead_letter_queue_name(delivery.subscription.consumer), body, headers
+        await self.copy_to_dead_letters(
+            delivery.message, delivery.attempt, delivery.subscription.consumer, reason
         )
         await _settle(raw)
+
+    async def copy_to_dead_letters(
+        self, message: Message, attempt: int, consumer: str, reason: str
+    ) -> None:
+        body, headers = encode(message, attempt)
+        headers[H_DEAD_LETTER_REASON] = reason[:_MAX_REASON]
+        await self._send_to_queue(self.dead_letter_queue_name(consumer), body, headers)
 
     async def _live_broker(self) -> RabbitBroker:
         if self._broker is None:

@@ -345,6 +345,22 @@ class RedisStreamsTransport:
             {b"headers": orjson.dumps(headers), b"body": body},
         )
 
+    async def copy_to_dead_letters(
+        self, message: Message, attempt: int, consumer: str, reason: str
+    ) -> None:
+        """The entry ``dead_letter`` writes, without a stream entry to acknowledge: its
+        ``stream`` field says where the message came from instead."""
+        client = await self._connected()
+        body, headers = encode(message, attempt)
+        fields: dict[FieldT, EncodableT] = {
+            b"reason": reason.encode(),
+            b"stream": b"outbox",
+            b"headers": orjson.dumps(headers),
+            b"body": body,
+        }
+        with _unavailable_on_failure():
+            await client.xadd(self._keys.consumer_key(consumer, "dlq"), fields)
+
     async def _connected(self) -> Redis:
         if self._client is None:
             await self.connect()
