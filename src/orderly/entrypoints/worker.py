@@ -28,8 +28,7 @@ async def connect(
     while not stop.is_set():
         try:
             await transport.connect()
-            for subscription in subscriptions:
-                await transport.subscribe(subscription)
+            await subscribe_all(transport, subscriptions)
             return True
         except TransportUnavailable as exc:
             log.warning(
@@ -38,6 +37,22 @@ async def connect(
             await sleep_or_stop(stop, pause)
             pause = min(pause * 2, 30.0)
     return False
+
+
+async def subscribe_all(transport: Transport, subscriptions: list[Subscription]) -> None:
+    """Declare every subscription at once: on Kafka each one joins its consumer group, and a
+    join waits for the group's members to rebalance (a second worker's eleven joins, one after
+    the other, took ~35 s). Any other failure than ``TransportUnavailable`` is raised as is."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for subscription in subscriptions:
+                group.create_task(transport.subscribe(subscription))
+    except BaseExceptionGroup as failed:
+        first = failed.exceptions[0]
+        if all(isinstance(e, TransportUnavailable) for e in failed.exceptions):
+            raise first from failed
+        other = next(e for e in failed.exceptions if not isinstance(e, TransportUnavailable))
+        raise other from failed
 
 
 async def run_background(
