@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orderly.adapters.db import direct
 from orderly.adapters.db.engine import writer_gate
 from orderly.adapters.db.errors import is_connection_problem
-from orderly.adapters.db.tables import outbox_messages
+from orderly.adapters.db.tables import CLAIM_ORDER, outbox_messages
 from orderly.domain.events import Message
 from orderly.services.ports import Clock, QueuedMessage, StorageUnavailable
 
@@ -80,8 +80,9 @@ _TEXTS = postgresql.ARRAY(sa.String)
 
 def _claim_statement(dialect: str, types: str) -> Any:
     """The claim of up to ``limit`` due rows, oldest first: of any type (``types="all"``), of
-    one (``"one"``: a plain equality, so PostgreSQL walks the ``(type, id)`` index in id order
-    and stops at the limit) or of several (``"many"``)."""
+    one (``"one"``: a plain equality, so the database walks the claim index of that type in
+    order and stops at the limit, ``tables.CLAIM_ORDER``) or of several (``"many"``: the
+    unsent rows of those types, sorted)."""
     pending = (
         sa.select(_o.id)
         .where(
@@ -89,7 +90,7 @@ def _claim_statement(dialect: str, types: str) -> Any:
             _o.available_at <= sa.bindparam("now"),
             sa.or_(_o.claimed_until.is_(None), _o.claimed_until < sa.bindparam("now")),
         )
-        .order_by(_o.id)
+        .order_by(CLAIM_ORDER)
         .limit(sa.bindparam("limit"))
     )
     if types == "one":

@@ -161,21 +161,24 @@ outbox_messages = sa.Table(
     sa.Column("claimed_by", sa.String(64)),
     sa.Column("claimed_until", UtcDateTime),
     sa.Column("sent_at", UtcDateTime),
-    sa.Index(
-        "ix_outbox_messages_pending",
-        "available_at",
-        postgresql_where=sa.text("sent_at IS NULL"),
-        sqlite_where=sa.text("sent_at IS NULL"),
-    ),
-    # A consumer claims only its own types: without this, every claim scans the backlog of
-    # every other type (quadratic under a burst of orders).
-    sa.Index(
-        "ix_outbox_messages_pending_type",
-        "type",
-        "id",
-        postgresql_where=sa.text("sent_at IS NULL"),
-        sqlite_where=sa.text("sent_at IS NULL"),
-    ),
+)
+
+CLAIM_ORDER = outbox_messages.c.id + sa.literal_column("0")
+"""The order claims take rows in: insertion order, written ``id + 0`` so that only the index
+below serves it (``adapters/db/outbox_queue.py``)."""
+
+# The claims' index: the unsent rows by type, in claim order. A claim of one type walks it from
+# its first row of that type and stops at the limit, however long the backlog of other types.
+# With plain ``id`` order the planner may walk the primary key instead (through every sent row
+# before the first unsent one), or every unsent row, whenever its statistics, taken at some
+# earlier moment, say the unsent rows are many, or none: seen under a burst of orders, a claim
+# of one message taking 1.1 ms. ``id + 0`` is an order no other index has.
+sa.Index(
+    "ix_outbox_messages_pending_claim",
+    outbox_messages.c.type,
+    CLAIM_ORDER,
+    postgresql_where=sa.text("sent_at IS NULL"),
+    sqlite_where=sa.text("sent_at IS NULL"),
 )
 
 processed_messages = sa.Table(
