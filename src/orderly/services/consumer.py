@@ -221,6 +221,11 @@ class ConsumerRuntime:
         # Hold at most two deliveries per lane: a message claimed under a lease must not wait
         # in a queue until the lease runs out (it would be handed out again, a duplicate).
         room = _Room(2 * lane_count)
+        # Under a backlog, receive again only once a quarter of the room is free, not at every
+        # settled delivery: one receive per message made a claim per message on the local
+        # transport, each walking past every row still held (bench/README.md, "Saga"). The
+        # lanes stay busy meanwhile: three quarters of the room is still held.
+        refill = max(1, room.capacity // 4)
         lanes = _KeyLanes(lane_count)
         self._intakes[handler.consumer] = _Intake(
             lanes, room, stop, lambda d: self._settle(handler, d, room)
@@ -228,7 +233,7 @@ class ConsumerRuntime:
         pause = 0.5
         try:
             while not stop.is_set():
-                free = await room.wait_for_space(stop)
+                free = await room.wait_for_space(stop, refill)
                 if free == 0:
                     continue
                 try:
@@ -627,6 +632,7 @@ class _Room:
     """How many more deliveries a consumer may hold (received, not yet settled)."""
 
     def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
         self._free = capacity
         self._changed = asyncio.Event()
 
@@ -637,9 +643,9 @@ class _Room:
         self._free += 1
         self._changed.set()
 
-    async def wait_for_space(self, stop: asyncio.Event) -> int:
-        """The free room, once there is some (0 if ``stop`` was set meanwhile)."""
-        while self._free <= 0 and not stop.is_set():
+    async def wait_for_space(self, stop: asyncio.Event, at_least: int = 1) -> int:
+        """The free room, once it is ``at_least`` (0 if ``stop`` was set meanwhile)."""
+        while self._free < at_least and not stop.is_set():
             self._changed.clear()
             stopping = asyncio.ensure_future(stop.wait())
             changed = asyncio.ensure_future(self._changed.wait())

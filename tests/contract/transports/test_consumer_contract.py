@@ -369,6 +369,53 @@ async def test_an_unexpected_receive_error_does_not_stop_the_consumer(
         assert wrapped[0].failed
 
 
+class RecordingAsks:
+    """A transport that records how many messages each receive of the stock adder asked for
+    and got."""
+
+    def __init__(self, inner: Transport) -> None:
+        self._inner = inner
+        self.asks: list[tuple[int, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def receive(self, subscription: Any, max_messages: int, timeout: float) -> Any:
+        got = await self._inner.receive(subscription, max_messages, timeout)
+        if subscription.consumer == "stock-adder" and got:
+            self.asks.append((max_messages, len(got)))
+        return got
+
+
+async def test_under_a_backlog_each_receive_asks_for_a_quarter_of_the_room_or_more(
+    open_transport: OpenTransport, runtime_database: str
+) -> None:
+    """Four lanes hold up to eight deliveries. Once they are full, the runtime receives again
+    when two are settled, not after each one: a receive per message was a claim per message on
+    the local transport."""
+    switch = Switch()
+    wrapped: list[RecordingAsks] = []
+
+    def recording(transport: Transport) -> Transport:
+        wrapped.append(RecordingAsks(transport))
+        return cast(Transport, wrapped[-1])
+
+    async with running(open_transport, runtime_database, switch, FAST, wrap=recording) as (
+        harness,
+        transport,
+    ):
+        await transport.publish([adding(1) for _ in range(60)])
+
+        async def applied() -> bool:
+            return await harness.on_hand() == START + 60
+
+        await eventually(applied, within=30)
+    asks = wrapped[0].asks
+    assert sum(got for _, got in asks) >= 60
+    assert len(asks) > 1
+    assert min(asked for asked, _ in asks) >= 2, asks
+
+
 # ---- hand-offs: a message added by a handler, taken by its consumer in the same transaction ---
 
 FORWARD = "test.stock-forward"
