@@ -6,7 +6,7 @@ without waiting, SQLite has a single writer anyway. A claim is a lease: a proces
 holding rows loses them when ``claimed_until`` passes and another process claims them again.
 
 Wake-ups: on PostgreSQL a trigger NOTIFYs ``orderly_outbox`` with the type of every unsent,
-unclaimed message inserted (migrations 0002, 0005, 0006) and this module LISTENs on its own
+unclaimed message inserted (migrations 0002, 0005, 0006, 0009) and this module LISTENs on its own
 connection, waking only the consumers of that type; on SQLite, units of work in the same process
 signal an ``OutboxSignal``. Both fall back to polling, which also catches retries coming due.
 """
@@ -197,7 +197,7 @@ class OutboxQueue:
             await listener.close(timeout=2)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        # The payload is the type of new unsent, unclaimed messages (migrations 0005, 0006);
+        # The payload is the type of new unsent, unclaimed messages (migrations 0005, 0009);
         # empty: any.
         self._signal.notify((payload,) if payload else None)
 

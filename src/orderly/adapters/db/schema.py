@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 
 
 class SchemaOutdated(RuntimeError):
