@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bench.pipeline.effects import CONSUMER, MARK_DONE, MESSAGE_TYPE
 
 # orderly ships no py.typed, so ``mypy bench`` alone sees it as untyped; ``mypy`` sees src/.
+from orderly.adapters.db import direct  # type: ignore[import-untyped, unused-ignore]
 from orderly.adapters.db.repositories import (  # type: ignore[import-untyped, unused-ignore]
     SqlUnitOfWork,
 )
@@ -63,13 +64,15 @@ Timing = tuple[float, float, float, float]
 
 
 class BenchItems:
-    """The handler's effect: mark one ``bench_items`` row done."""
+    """The handler's effect: mark one ``bench_items`` row done, the way orderly's own
+    repositories run their statements in a handler's transaction (``adapters/db/direct.py``:
+    straight on the driver on PostgreSQL, through SQLAlchemy on SQLite)."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
     async def mark_done(self, item: int) -> None:
-        result = await self._conn.execute(_MARK_DONE, {"id": item})
+        result = await direct.execute(self._conn, _MARK_DONE, {"id": item})
         if result.rowcount != 1:
             raise PermanentError(f"bench item {item} does not exist")
 
