@@ -329,15 +329,22 @@ async def test_replaying_a_message_whose_effect_was_applied_changes_nothing(
         assert await harness.on_hand() == START + 6
 
 
-class FailingOnce:
-    """A transport whose first receive fails with an error no adapter classified."""
+class Wrapping:
+    """A transport that passes everything it does not override to ``inner``."""
 
     def __init__(self, inner: Transport) -> None:
         self._inner = inner
-        self.failed = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+class FailingOnce(Wrapping):
+    """A transport whose first receive fails with an error no adapter classified."""
+
+    def __init__(self, inner: Transport) -> None:
+        super().__init__(inner)
+        self.failed = False
 
     async def receive(self, subscription: Any, max_messages: int, timeout: float) -> Any:
         if not self.failed:
@@ -369,16 +376,13 @@ async def test_an_unexpected_receive_error_does_not_stop_the_consumer(
         assert wrapped[0].failed
 
 
-class RecordingAsks:
+class RecordingAsks(Wrapping):
     """A transport that records how many messages each receive of the stock adder asked for
     and got."""
 
     def __init__(self, inner: Transport) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.asks: list[tuple[int, int]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
     async def receive(self, subscription: Any, max_messages: int, timeout: float) -> Any:
         got = await self._inner.receive(subscription, max_messages, timeout)
