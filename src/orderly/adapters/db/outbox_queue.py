@@ -79,10 +79,11 @@ _TEXTS = postgresql.ARRAY(sa.String)
 
 
 def _claim_statement(dialect: str, types: str) -> Any:
-    """The claim of up to ``limit`` due rows, oldest first: of any type (``types="all"``), of
-    one (``"one"``: a plain equality, so the database walks the claim index of that type in
-    order and stops at the limit, ``tables.CLAIM_ORDER``) or of several (``"many"``: the
-    unsent rows of those types, sorted)."""
+    """The claim of up to ``limit`` due rows, oldest first: of one type (``"one"``: a plain
+    equality, so the database walks the claim index of that type in order and stops at the
+    limit, ``tables.CLAIM_ORDER``), or on SQLite of any type (``"all"``) or of several
+    (``"many"``: the unsent rows of those types, sorted; PostgreSQL claims several types
+    per type, :func:`_claim_per_type`)."""
     pending = (
         sa.select(_o.id)
         .where(
@@ -95,10 +96,6 @@ def _claim_statement(dialect: str, types: str) -> Any:
     )
     if types == "one":
         pending = pending.where(_o.type == sa.bindparam("_type"))
-    elif types == "many" and dialect == "postgresql":
-        # One array parameter instead of an expanding IN: one statement for every set of
-        # types, run straight on the driver (adapters/db/direct.py).
-        pending = pending.where(_o.type == sa.any_(sa.bindparam("types", type_=_TEXTS)))
     elif types == "many":
         pending = pending.where(_o.type.in_(sa.bindparam("types", expanding=True)))
     if dialect == "postgresql":
@@ -117,11 +114,64 @@ def _claim_statement(dialect: str, types: str) -> Any:
     )
 
 
+def _claim_per_type() -> Any:
+    """PostgreSQL's claim of several types: up to ``limit`` rows of each type from the claim
+    index, as a claim of one type takes them, then the oldest ``limit`` of those.
+
+    Reading every unsent row of the types and sorting them, as one query over all of them
+    does, costs as much as the backlog: 50 ms for 200,000 unsent rows, which a relay meets
+    after a long broker outage. This reads at most ``limit`` rows per type. A row of one
+    type read but not among the oldest stays locked until the claim commits."""
+    # One array parameter for the types: one statement for every set of them, run straight on
+    # the driver (adapters/db/direct.py).
+    wanted = (
+        sa.func.unnest(sa.bindparam("types", type_=_TEXTS))
+        .table_valued("type")
+        .render_derived(name="wanted")
+    )
+    of_type = (
+        sa.select(_o.id)
+        .where(
+            _o.type == wanted.c.type,
+            _o.sent_at.is_(None),
+            _o.available_at <= sa.bindparam("now"),
+            sa.or_(_o.claimed_until.is_(None), _o.claimed_until < sa.bindparam("now")),
+        )
+        .order_by(CLAIM_ORDER)
+        .limit(sa.bindparam("limit"))
+        .with_for_update(skip_locked=True)
+        .lateral("of_type")
+    )
+    oldest = (
+        sa.select(of_type.c.id)
+        .select_from(wanted.join(of_type, sa.true()))
+        .order_by(of_type.c.id)
+        .limit(sa.bindparam("limit"))
+    )
+    return (
+        outbox_messages.update()
+        .where(_o.id == sa.any_(sa.func.array(oldest.scalar_subquery())))
+        .values(claimed_by=sa.bindparam("worker"), claimed_until=sa.bindparam("until"))
+        .returning(*_RETURNED)
+    )
+
+
 _CLAIM = {
-    (dialect, types): _claim_statement(dialect, types)
-    for dialect in ("postgresql", "sqlite")
-    for types in ("all", "one", "many")
+    ("postgresql", "one"): _claim_statement("postgresql", "one"),
+    ("postgresql", "many"): _claim_per_type(),
+    **{("sqlite", types): _claim_statement("sqlite", types) for types in ("all", "one", "many")},
 }
+# The types that have unsent rows: one step down the claim index per type (a loose index scan),
+# for a claim of any type on PostgreSQL, which then claims them as several.
+_PENDING_TYPES = """
+WITH RECURSIVE pending(type) AS (
+    SELECT min(type) FROM outbox_messages WHERE sent_at IS NULL
+    UNION ALL
+    SELECT (SELECT min(o.type) FROM outbox_messages o WHERE o.sent_at IS NULL AND o.type > p.type)
+    FROM pending p WHERE p.type IS NOT NULL
+)
+SELECT array_agg(type) FROM pending WHERE type IS NOT NULL
+"""
 _MARK_SENT = {
     "postgresql": outbox_messages.update()
     .where(_o.id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger))))
@@ -232,8 +282,13 @@ class OutboxQueue:
                 kind, params["_type"] = "one", wanted[0]
             else:
                 kind, params["types"] = "many", wanted
-        statement = _CLAIM[(self._dialect, kind)]
         async with self._transaction() as conn:
+            if kind == "all" and self._dialect == "postgresql":
+                pending = (await direct.fetch_row(conn, _PENDING_TYPES, ()))[0]
+                if not pending:
+                    return []
+                kind, params["types"] = "many", pending
+            statement = _CLAIM[(self._dialect, kind)]
             rows = list((await direct.execute(conn, statement, params)).all())
         rows.sort(key=lambda r: r.id)
         return [
