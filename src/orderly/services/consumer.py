@@ -222,9 +222,9 @@ class ConsumerRuntime:
         # in a queue until the lease runs out (it would be handed out again, a duplicate).
         room = _Room(2 * lane_count)
         # Under a backlog, receive again only once a quarter of the room is free, not at every
-        # settled delivery: one receive per message made a claim per message on the local
-        # transport, each walking past every row still held (bench/README.md, "Saga"). The
-        # lanes stay busy meanwhile: three quarters of the room is still held.
+        # settled delivery: one receive per message made a claim transaction per message on
+        # the local transport (bench/README.md, "Saga"). The lanes stay busy meanwhile: three
+        # quarters of the room is still held.
         refill = max(1, room.capacity // 4)
         lanes = _KeyLanes(lane_count)
         self._intakes[handler.consumer] = _Intake(

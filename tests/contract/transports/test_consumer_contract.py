@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 import sqlalchemy as sa
@@ -339,6 +339,21 @@ class Wrapping:
         return getattr(self._inner, name)
 
 
+W = TypeVar("W", bound=Wrapping)
+
+
+def wrapping(kind: Callable[[Transport], W]) -> tuple[list[W], Callable[[Transport], Transport]]:
+    """The wrappers ``running`` makes of its transport (for the test to read), and the ``wrap``
+    that makes them."""
+    made: list[W] = []
+
+    def wrap(transport: Transport) -> Transport:
+        made.append(kind(transport))
+        return cast(Transport, made[-1])
+
+    return made, wrap
+
+
 class FailingOnce(Wrapping):
     """A transport whose first receive fails with an error no adapter classified."""
 
@@ -357,12 +372,7 @@ async def test_an_unexpected_receive_error_does_not_stop_the_consumer(
     open_transport: OpenTransport, runtime_database: str
 ) -> None:
     switch = Switch()
-    wrapped: list[FailingOnce] = []
-
-    def failing_once(transport: Transport) -> Transport:
-        wrapped.append(FailingOnce(transport))
-        return cast(Transport, wrapped[-1])
-
+    wrapped, failing_once = wrapping(FailingOnce)
     async with running(open_transport, runtime_database, switch, FAST, wrap=failing_once) as (
         harness,
         transport,
@@ -398,12 +408,7 @@ async def test_under_a_backlog_each_receive_asks_for_a_quarter_of_the_room_or_mo
     when two are settled, not after each one: a receive per message was a claim per message on
     the local transport."""
     switch = Switch()
-    wrapped: list[RecordingAsks] = []
-
-    def recording(transport: Transport) -> Transport:
-        wrapped.append(RecordingAsks(transport))
-        return cast(Transport, wrapped[-1])
-
+    wrapped, recording = wrapping(RecordingAsks)
     async with running(open_transport, runtime_database, switch, FAST, wrap=recording) as (
         harness,
         transport,

@@ -78,22 +78,21 @@ class OutboxSignal:
 _TEXTS = postgresql.ARRAY(sa.String)
 
 
+_DUE = (
+    _o.sent_at.is_(None),
+    _o.available_at <= sa.bindparam("now"),
+    sa.or_(_o.claimed_until.is_(None), _o.claimed_until < sa.bindparam("now")),
+)
+"""A row a claim may take: unsent, due, and not leased (or its lease has run out)."""
+
+
 def _claim_statement(dialect: str, types: str) -> Any:
     """The claim of up to ``limit`` due rows, oldest first: of one type (``"one"``: a plain
     equality, so the database walks the claim index of that type in order and stops at the
     limit, ``tables.CLAIM_ORDER``), or on SQLite of any type (``"all"``) or of several
     (``"many"``: the unsent rows of those types, sorted; PostgreSQL claims several types
     per type, :func:`_claim_per_type`)."""
-    pending = (
-        sa.select(_o.id)
-        .where(
-            _o.sent_at.is_(None),
-            _o.available_at <= sa.bindparam("now"),
-            sa.or_(_o.claimed_until.is_(None), _o.claimed_until < sa.bindparam("now")),
-        )
-        .order_by(CLAIM_ORDER)
-        .limit(sa.bindparam("limit"))
-    )
+    pending = sa.select(_o.id).where(*_DUE).order_by(CLAIM_ORDER).limit(sa.bindparam("limit"))
     if types == "one":
         pending = pending.where(_o.type == sa.bindparam("_type"))
     elif types == "many":
@@ -131,12 +130,7 @@ def _claim_per_type() -> Any:
     )
     of_type = (
         sa.select(_o.id)
-        .where(
-            _o.type == wanted.c.type,
-            _o.sent_at.is_(None),
-            _o.available_at <= sa.bindparam("now"),
-            sa.or_(_o.claimed_until.is_(None), _o.claimed_until < sa.bindparam("now")),
-        )
+        .where(_o.type == wanted.c.type, *_DUE)
         .order_by(CLAIM_ORDER)
         .limit(sa.bindparam("limit"))
         .with_for_update(skip_locked=True)
