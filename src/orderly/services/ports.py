@@ -389,7 +389,12 @@ class OutboxQueue(Protocol):
     def forget(self, event: asyncio.Event) -> None: ...
 
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
-        """Until a new message may be there (a wake-up or a poll interval), at most timeout."""
+        """Until a wake-up (a new message may be there), at most timeout."""
+        ...
+
+    async def quiet_for(self, types: Collection[str] | None) -> float:
+        """Seconds a claim of ``types`` that came back empty may wait for a wake-up before
+        claiming again (until a row may come due)."""
         ...
 
 

@@ -89,7 +89,7 @@ class Relay:
                     continue
                 pause = self._options.base_delay
                 if moved == 0:
-                    await self._queue.wait(event, 1.0)
+                    await self._queue.wait(event, await self._queue.quiet_for(None))
         finally:
             self._queue.forget(event)
             await self._queue.stop()

@@ -6,9 +6,16 @@ without waiting, SQLite has a single writer anyway. A claim is a lease: a proces
 holding rows loses them when ``claimed_until`` passes and another process claims them again.
 
 Wake-ups: on PostgreSQL a trigger NOTIFYs ``orderly_outbox`` with the type of every unsent,
-unclaimed message inserted (migrations 0002, 0005, 0006, 0009) and this module LISTENs on its own
-connection, waking only the consumers of that type; on SQLite, units of work in the same process
-signal an ``OutboxSignal``. Both fall back to polling, which also catches retries coming due.
+unclaimed message inserted, and of every row put back unclaimed (a retry, a release; migrations
+0002, 0005, 0006, 0009, 0010), and this module LISTENs on its own connection, waking only the
+consumers of that type; on SQLite, units of work in the same process signal an
+``OutboxSignal``.
+
+Between wake-ups a claim that came back empty waits (:meth:`OutboxQueue.quiet_for`): while
+NOTIFY is heard, until the next of its rows comes due (a retry's delay, a lease running out), at
+most ``idle_poll`` (5 s, for a lease taken after that look by a process that then died); without
+it (SQLite, or the listener lost), one poll interval (0.25 s). So an idle worker on PostgreSQL
+makes a claim per consumer every few seconds, not four a second.
 """
 
 from __future__ import annotations
@@ -155,6 +162,18 @@ _CLAIM = {
     ("postgresql", "many"): _claim_per_type(),
     **{("sqlite", types): _claim_statement("sqlite", types) for types in ("all", "one", "many")},
 }
+# When the next unsent row of some types may be claimed: the latest of its due time and its
+# lease (greatest() skips a NULL lease), from the claim index, type by type.
+_NEXT_DUE = """
+SELECT min(greatest(o.available_at, o.claimed_until))
+FROM unnest($1::text[]) AS wanted(type)
+CROSS JOIN LATERAL (
+    SELECT available_at, claimed_until FROM outbox_messages
+    WHERE type = wanted.type AND sent_at IS NULL
+) AS o
+"""
+_MIN_QUIET = 0.02
+"""Seconds: the least wait after an empty claim (a due row another claim holds locked)."""
 # The types that have unsent rows: one step down the claim index per type (a loose index scan),
 # for a claim of any type on PostgreSQL, which then claims them as several.
 _PENDING_TYPES = """
@@ -213,12 +232,14 @@ class OutboxQueue:
         worker_id: str,
         signal: OutboxSignal | None = None,
         poll_interval: float = 0.25,
+        idle_poll: float = 5.0,
     ) -> None:
         self._engine = engine
         self._clock = clock
         self.worker_id = worker_id
         self._signal = signal or OutboxSignal()
         self._poll_interval = poll_interval
+        self._idle_poll = idle_poll
         self._dialect = engine.dialect.name
         self._listener: asyncpg.Connection | None = None
 
@@ -230,6 +251,8 @@ class OutboxQueue:
         try:
             listener = await asyncpg.connect(url.render_as_string(hide_password=False), timeout=5)
             await listener.add_listener(NOTIFY_CHANNEL, self._notified)
+            # Lost, it hears nothing: wake everyone, so they claim and wait() reconnects.
+            listener.add_termination_listener(self._lost)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("LISTEN failed, polling only", error=str(exc))
             return
@@ -241,9 +264,17 @@ class OutboxQueue:
             await listener.close(timeout=2)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        # The payload is the type of new unsent, unclaimed messages (migrations 0005, 0009);
-        # empty: any.
+        # The payload is the type of a new unsent, unclaimed message or of one put back
+        # (migrations 0005, 0009, 0010); empty: any.
         self._signal.notify((payload,) if payload else None)
+
+    def _lost(self, _conn: object) -> None:
+        self._signal.notify()
+
+    @property
+    def listening(self) -> bool:
+        """Whether NOTIFY wakes this process (PostgreSQL, its listener connected)."""
+        return self._listener is not None and not self._listener.is_closed()
 
     def waiter(self, types: Collection[str] | None = None) -> asyncio.Event:
         return self._signal.waiter(types)
@@ -252,12 +283,37 @@ class OutboxQueue:
         self._signal.forget(event)
 
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
-        """Wait for a wake-up, at most ``timeout`` (and at most one poll interval)."""
-        if self._dialect == "postgresql" and (self._listener is None or self._listener.is_closed()):
+        """Wait for a wake-up, at most ``timeout`` (see :meth:`quiet_for`)."""
+        if self._dialect == "postgresql" and not self.listening:
             self._listener = None
             await self.start()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=min(timeout, self._poll_interval))
+            await asyncio.wait_for(event.wait(), timeout=max(timeout, 0.0))
+
+    async def quiet_for(self, types: Collection[str] | None) -> float:
+        """Seconds a claim of ``types`` (None: any) that came back empty may wait for a
+        wake-up before claiming again.
+
+        While NOTIFY is heard, new rows and rows put back wake the waiter, so only time can make
+        another row claimable: the next of their unsent rows to come due, or to come out of its
+        lease, at most ``idle_poll`` (a row leased after this look by a process that then dies).
+        Otherwise one poll interval: SQLite hears no other process, and a lost listener no
+        one."""
+        if not self.listening:
+            return self._poll_interval
+        try:
+            async with self._transaction() as conn:
+                if types is None:
+                    wanted = (await direct.fetch_row(conn, _PENDING_TYPES, ()))[0] or []
+                else:
+                    wanted = sorted(types)
+                due = (await direct.fetch_row(conn, _NEXT_DUE, (wanted,)))[0] if wanted else None
+        except StorageUnavailable:
+            return self._poll_interval  # the next claim reports it
+        if due is None:
+            return self._idle_poll
+        seconds: float = (due - self._clock.now()).total_seconds()
+        return min(self._idle_poll, max(_MIN_QUIET, seconds))
 
     async def claim(
         self, types: Collection[str] | None, limit: int, lease: float

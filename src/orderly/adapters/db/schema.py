@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 
 class SchemaOutdated(RuntimeError):

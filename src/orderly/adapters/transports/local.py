@@ -44,6 +44,7 @@ class LocalTransport:
         self._lease = lease
         self._owners: dict[str, str] = {}
         self._rows = OutboxDeliveries(queue, lease=lease)
+        self._idle: dict[str, _Idle] = {}
 
     async def connect(self) -> None:
         await self._queue.start()
@@ -53,6 +54,9 @@ class LocalTransport:
             raise TransportUnavailable(str(exc)) from exc
 
     async def close(self) -> None:
+        idle, self._idle = self._idle, {}
+        for waiting in idle.values():
+            self._queue.forget(waiting.event)
         await self._queue.stop()
 
     async def publish(
@@ -74,27 +78,33 @@ class LocalTransport:
     async def receive(
         self, subscription: Subscription, max_messages: int, timeout: float
     ) -> list[Delivery]:
-        loop_time = _loop_time()
-        deadline = loop_time + timeout
-        event = self._queue.waiter(subscription.types)
-        try:
-            while True:
-                event.clear()
+        """Claim up to ``max_messages``; with none due, wait for a wake-up, at most ``timeout``.
+
+        After a claim comes back empty the consumer does not claim again, across calls, until
+        it is woken (a new row or one put back, of its types) or the queue's quiet time has
+        passed (``OutboxQueue.quiet_for``: on PostgreSQL, until one of its rows may come due)."""
+        idle = self._idle.get(subscription.consumer)
+        if idle is None:
+            idle = self._idle[subscription.consumer] = _Idle(self._queue.waiter(subscription.types))
+        deadline = _loop_time() + timeout
+        while True:
+            if idle.event.is_set() or _loop_time() >= idle.quiet_until:
+                idle.event.clear()
                 try:
                     rows = await self._queue.claim(subscription.types, max_messages, self._lease)
                 except StorageUnavailable as exc:
                     raise TransportUnavailable(str(exc)) from exc
                 if rows:
+                    idle.quiet_until = 0.0  # more may wait behind them: claim again next time
                     return [
                         Delivery(row.message, row.attempts + 1, subscription, row.id)
                         for row in rows
                     ]
-                remaining = deadline - _loop_time()
-                if remaining <= 0:
-                    return []
-                await self._queue.wait(event, remaining)
-        finally:
-            self._queue.forget(event)
+                idle.quiet_until = _loop_time() + await self._queue.quiet_for(subscription.types)
+            now = _loop_time()
+            if now >= deadline:
+                return []
+            await self._queue.wait(idle.event, min(deadline, idle.quiet_until) - now)
 
     async def ack(self, delivery: Delivery) -> None:
         await _settle(self._queue.mark_sent([_row_id(delivery)]))
@@ -149,6 +159,17 @@ class OutboxDeliveries:
                 message_id=message.id,
                 error=str(exc),
             )
+
+
+class _Idle:
+    """A consumer's wake-ups (kept across receives, so none is missed between them) and the
+    loop time before which, unwoken, it does not claim again."""
+
+    __slots__ = ("event", "quiet_until")
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+        self.quiet_until = 0.0
 
 
 async def _settle(work: Awaitable[None]) -> None:
