@@ -81,6 +81,7 @@ class Relay:
                 event.clear()
                 try:
                     moved = await self.relay_once()
+                    quiet = await self._queue.quiet_for(None) if moved == 0 else 0.0
                 except (TransportUnavailable, StorageUnavailable) as exc:
                     self.stats.outages += 1
                     log.warning("relay paused", error=str(exc), wait=pause)
@@ -89,7 +90,7 @@ class Relay:
                     continue
                 pause = self._options.base_delay
                 if moved == 0:
-                    await self._queue.wait(event, await self._queue.quiet_for(None))
+                    await self._queue.wait(event, quiet)
         finally:
             self._queue.forget(event)
             await self._queue.stop()

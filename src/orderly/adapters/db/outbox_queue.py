@@ -6,8 +6,9 @@ without waiting, SQLite has a single writer anyway. A claim is a lease: a proces
 holding rows loses them when ``claimed_until`` passes and another process claims them again.
 
 Wake-ups: on PostgreSQL a trigger NOTIFYs ``orderly_outbox`` with the type of every unsent,
-unclaimed message inserted, and of every row put back unclaimed (a retry, a release; migrations
-0002, 0005, 0006, 0009, 0010), and this module LISTENs on its own connection, waking only the
+unclaimed message inserted, and of every row an update makes claimable (put back by a retry or a
+release, sent again by a redrive, due earlier; migrations 0002, 0005, 0006, 0009, 0010), and
+this module LISTENs on its own connection, waking only the
 consumers of that type; on SQLite, units of work in the same process signal an
 ``OutboxSignal``.
 
@@ -173,7 +174,7 @@ CROSS JOIN LATERAL (
 ) AS o
 """
 _MIN_QUIET = 0.02
-"""Seconds: the least wait after an empty claim (a due row another claim holds locked)."""
+"""Seconds: the least wait for a row about to come due."""
 # The types that have unsent rows: one step down the claim index per type (a loose index scan),
 # for a claim of any type on PostgreSQL, which then claims them as several.
 _PENDING_TYPES = """
@@ -242,25 +243,43 @@ class OutboxQueue:
         self._idle_poll = idle_poll
         self._dialect = engine.dialect.name
         self._listener: asyncpg.Connection | None = None
+        self._listen_lock = asyncio.Lock()
+        self._listen_again_at = 0.0
+        self._heard_before = False
 
     async def start(self) -> None:
-        """Start listening for NOTIFY (PostgreSQL); polling covers the rest if this fails."""
-        if self._dialect != "postgresql" or self._listener is not None:
+        """Start listening for NOTIFY (PostgreSQL); polling covers the rest if this fails.
+
+        Called again by :meth:`wait` once the listener is lost: one reconnect at a time (every
+        waiter of the process comes through here), at most one try a second, and a listener
+        that comes back wakes every waiter, since what was notified meanwhile is lost."""
+        if self._dialect != "postgresql":
             return
-        url = make_url(self._engine.url).set(drivername="postgresql")
-        try:
-            listener = await asyncpg.connect(url.render_as_string(hide_password=False), timeout=5)
-            await listener.add_listener(NOTIFY_CHANNEL, self._notified)
-            # Lost, it hears nothing: wake everyone, so they claim and wait() reconnects.
-            listener.add_termination_listener(self._lost)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("LISTEN failed, polling only", error=str(exc))
-            return
-        self._listener = listener
+        async with self._listen_lock:
+            if self.listening:
+                return
+            self._listener = None
+            url = make_url(self._engine.url).set(drivername="postgresql")
+            try:
+                listener = await asyncpg.connect(
+                    url.render_as_string(hide_password=False), timeout=5
+                )
+                await listener.add_listener(NOTIFY_CHANNEL, self._notified)
+                # Lost, it hears nothing: wake everyone, so they claim and wait() reconnects.
+                listener.add_termination_listener(self._lost)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("LISTEN failed, polling only", error=str(exc))
+                self._listen_again_at = asyncio.get_running_loop().time() + 1.0
+                return
+            self._listener = listener
+            if self._heard_before:
+                self._signal.notify()
+            self._heard_before = True
 
     async def stop(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None and not listener.is_closed():
+            listener.remove_termination_listener(self._lost)
             await listener.close(timeout=2)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
@@ -284,8 +303,11 @@ class OutboxQueue:
 
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
         """Wait for a wake-up, at most ``timeout`` (see :meth:`quiet_for`)."""
-        if self._dialect == "postgresql" and not self.listening:
-            self._listener = None
+        if (
+            self._dialect == "postgresql"
+            and not self.listening
+            and asyncio.get_running_loop().time() >= self._listen_again_at
+        ):
             await self.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout=max(timeout, 0.0))
@@ -313,6 +335,10 @@ class OutboxQueue:
         if due is None:
             return self._idle_poll
         seconds: float = (due - self._clock.now()).total_seconds()
+        if seconds <= 0:
+            # Due, yet the claim did not take it: another transaction holds it locked (SKIP
+            # LOCKED), maybe for long (a session left idle in its transaction). Poll.
+            return self._poll_interval
         return min(self._idle_poll, max(_MIN_QUIET, seconds))
 
     async def claim(

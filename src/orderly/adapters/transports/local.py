@@ -90,12 +90,13 @@ class LocalTransport:
         while True:
             if idle.event.is_set() or _loop_time() >= idle.quiet_until:
                 idle.event.clear()
+                # Until this claim and the look after it succeed, claim again next time.
+                idle.quiet_until = 0.0
                 try:
                     rows = await self._queue.claim(subscription.types, max_messages, self._lease)
                 except StorageUnavailable as exc:
                     raise TransportUnavailable(str(exc)) from exc
-                if rows:
-                    idle.quiet_until = 0.0  # more may wait behind them: claim again next time
+                if rows:  # more may wait behind them: claim again next time
                     return [
                         Delivery(row.message, row.attempts + 1, subscription, row.id)
                         for row in rows
