@@ -9,6 +9,8 @@ no other process, the consumer claims once per poll interval, as before.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
@@ -421,3 +423,41 @@ async def test_an_idle_relay_claims_rarely_and_publishes_a_row_put_back_when_it_
     finally:
         stop.set()
         await running
+
+
+async def test_a_listener_that_stops_answering_is_replaced(backend: Backend) -> None:
+    """A connection can die without a word (a NAT forgetting it, a failover): its backend is
+    stopped here (SIGSTOP), so the socket stays open and nothing answers. The queue asks the
+    listener for an answer while it waits, drops the silent one and listens again."""
+    queue = OutboxQueue(
+        backend.container.engine,
+        clock=SystemClock(),
+        worker_id="idle",
+        listener_check_every=0.5,
+        listener_check_timeout=0.5,
+    )
+    await queue.start()
+    if not backend.is_postgres:
+        assert not queue.listening  # SQLite: no listener
+        return
+    silent: asyncpg.Connection | None = queue._listener
+    assert silent is not None
+    pid = silent.get_server_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        waiter = queue.waiter({TYPE})
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while loop.time() - started < 4.0 and not silent.is_closed():
+            await queue.wait(waiter, 0.2)
+        assert silent.is_closed()
+        while loop.time() - started < 6.0 and not queue.listening:
+            await queue.wait(waiter, 0.2)
+        assert queue.listening
+        assert queue._listener is not silent
+        waiter.clear()
+        await other_process(backend).add([message()])
+        await asyncio.wait_for(waiter.wait(), timeout=1.0)  # the new listener hears
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await queue.stop()

@@ -234,6 +234,8 @@ class OutboxQueue:
         signal: OutboxSignal | None = None,
         poll_interval: float = 0.25,
         idle_poll: float = 5.0,
+        listener_check_every: float = 30.0,
+        listener_check_timeout: float = 5.0,
     ) -> None:
         self._engine = engine
         self._clock = clock
@@ -246,6 +248,9 @@ class OutboxQueue:
         self._listen_lock = asyncio.Lock()
         self._listen_again_at = 0.0
         self._heard_before = False
+        self._check_every = listener_check_every
+        self._check_timeout = listener_check_timeout
+        self._check_at = 0.0
 
     async def start(self) -> None:
         """Start listening for NOTIFY (PostgreSQL); polling covers the rest if this fails.
@@ -272,6 +277,7 @@ class OutboxQueue:
                 self._listen_again_at = asyncio.get_running_loop().time() + 1.0
                 return
             self._listener = listener
+            self._check_at = asyncio.get_running_loop().time() + self._check_every
             if self._heard_before:
                 self._signal.notify()
             self._heard_before = True
@@ -303,14 +309,37 @@ class OutboxQueue:
 
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
         """Wait for a wake-up, at most ``timeout`` (see :meth:`quiet_for`)."""
-        if (
-            self._dialect == "postgresql"
-            and not self.listening
-            and asyncio.get_running_loop().time() >= self._listen_again_at
-        ):
-            await self.start()
+        if self._dialect == "postgresql":
+            now = asyncio.get_running_loop().time()
+            if not self.listening:
+                if now >= self._listen_again_at:
+                    await self.start()
+            elif now >= self._check_at:
+                await self._check_listener()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout=max(timeout, 0.0))
+
+    async def _check_listener(self) -> None:
+        """Ask the listener for an answer, every ``listener_check_every`` seconds of waiting.
+
+        A connection can die without either end hearing of it (a NAT or a firewall forgetting
+        an idle connection, a failover): the listener would look alive and hear nothing, and
+        idle consumers would claim only every ``idle_poll``. The query also keeps the
+        connection from looking idle to such middleboxes. One that does not answer in
+        ``listener_check_timeout`` is dropped: that wakes every waiter, and the next wait
+        connects again."""
+        async with self._listen_lock:
+            listener, now = self._listener, asyncio.get_running_loop().time()
+            if listener is None or listener.is_closed() or now < self._check_at:
+                return
+            self._check_at = now + self._check_every
+            try:
+                await listener.execute("SELECT 1", timeout=self._check_timeout)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning(
+                    "the LISTEN connection did not answer: connecting again", error=str(exc)
+                )
+                listener.terminate()
 
     async def quiet_for(self, types: Collection[str] | None) -> float:
         """Seconds a claim of ``types`` (None: any) that came back empty may wait for a
