@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import uuid
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,20 +29,14 @@ from orderly.services.ports import QueuedMessage, StorageUnavailable
 from orderly.services.relay import Relay
 from orderly.testing import RecordingAlerts
 from tests.conftest import Backend
+from tests.integration.test_outbox_wakeups import message as unsent
 
 TYPE = "idle.test"
 OTHER = "idle.other"
 
 
 def message(type_: str = TYPE) -> Message:
-    return Message(
-        id=str(uuid.uuid4()),
-        type=type_,
-        key="k",
-        payload={},
-        created_at=datetime.now(UTC),
-        correlation_id="k",
-    )
+    return unsent(type_)
 
 
 class CountingQueue(OutboxQueue):
