@@ -8,9 +8,8 @@ holding rows loses them when ``claimed_until`` passes and another process claims
 Wake-ups: on PostgreSQL a trigger NOTIFYs ``orderly_outbox`` with the type of every unsent,
 unclaimed message inserted, and of every row an update makes claimable (put back by a retry or a
 release, sent again by a redrive, due earlier; migrations 0002, 0005, 0006, 0009, 0010), and
-this module LISTENs on its own connection, waking only the
-consumers of that type; on SQLite, units of work in the same process signal an
-``OutboxSignal``.
+this module LISTENs on its own connection, waking only the consumers of that type; on SQLite,
+units of work in the same process signal an ``OutboxSignal``.
 
 Between wake-ups a claim that came back empty waits (:meth:`OutboxQueue.quiet_for`): while
 NOTIFY is heard, until the next of its rows comes due (a retry's delay, a lease running out), at
@@ -289,8 +288,8 @@ class OutboxQueue:
             await listener.close(timeout=2)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        # The payload is the type of a new unsent, unclaimed message or of one put back
-        # (migrations 0005, 0009, 0010); empty: any.
+        # The payload is the type of a new unsent, unclaimed message or of one an update made
+        # claimable (migrations 0005, 0009, 0010); empty: any.
         self._signal.notify((payload,) if payload else None)
 
     def _lost(self, _conn: object) -> None:
@@ -345,11 +344,11 @@ class OutboxQueue:
         """Seconds a claim of ``types`` (None: any) that came back empty may wait for a
         wake-up before claiming again.
 
-        While NOTIFY is heard, new rows and rows put back wake the waiter, so only time can make
-        another row claimable: the next of their unsent rows to come due, or to come out of its
-        lease, at most ``idle_poll`` (a row leased after this look by a process that then dies).
-        Otherwise one poll interval: SQLite hears no other process, and a lost listener no
-        one."""
+        While NOTIFY is heard, new rows and rows an update made claimable wake the waiter, so
+        only time can make another row claimable: the next of their unsent rows to come due, or
+        to come out of its lease, at most ``idle_poll`` (a row leased after this look by a
+        process that then dies). Otherwise one poll interval: SQLite hears no other process, and
+        a lost listener no one."""
         if not self.listening:
             return self._poll_interval
         try:
